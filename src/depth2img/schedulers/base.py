@@ -1,0 +1,210 @@
+"""What every scheduler shares: the training noise schedule (betas), timestep spacing, config I/O,
+input validation and the bookkeeping of where in the schedule a sampler is.
+
+The sampling maths lives in one file per algorithm; this file holds only the pieces they have in common.
+Schedulers keep the diffusers interface (``set_timesteps``, ``timesteps``, ``step``, ``add_noise``,
+``scale_model_input``, ``from_config``) so they drop into code written for diffusers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..configuration import ConfigMixin, load_json
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "PREDICTION_TYPES",
+    "TIMESTEP_SPACINGS",
+    "SchedulerMixin",
+    "SchedulerOutput",
+    "broadcast_to_sample",
+    "cosine_betas",
+    "make_betas",
+    "spaced_timesteps",
+]
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+@dataclass
+class SchedulerOutput:
+    """Result of ``step``: the sample at the next (less noisy) timestep, and the model's x0 estimate."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+    def __getitem__(self, index: int) -> torch.Tensor | None:  # tuple-style access, as diffusers outputs allow
+        return (self.prev_sample, self.pred_original_sample)[index]
+
+
+def cosine_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """Betas of the cosine schedule, ᾱ(t) = cos²((t + s)/(1 + s) · π/2) with s = 0.008.
+
+    Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models" (2021), eq. 17; each beta is
+    clipped at ``max_beta`` to avoid a singularity at t = 1.
+    """
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [
+        min(1 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), max_beta)
+        for i in range(num_train_timesteps)
+    ]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def make_betas(
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    beta_schedule: str,
+    trained_betas: Any = None,
+) -> torch.Tensor:
+    """The training noise schedule β_1..β_T as float32, exactly as the diffusers schedulers compute it.
+
+    ``scaled_linear`` is linear in √β (the schedule Stable Diffusion was trained with); ``linear`` is DDPM's
+    (Ho et al. 2020); ``squaredcos_cap_v2`` is the cosine schedule above. ``trained_betas`` overrides all.
+    """
+    if trained_betas is not None:
+        betas = torch.tensor(np.asarray(trained_betas), dtype=torch.float32)
+        if betas.ndim != 1 or len(betas) != num_train_timesteps:
+            raise ValueError(
+                f"trained_betas must be a list of num_train_timesteps={num_train_timesteps} numbers, "
+                f"got shape {tuple(betas.shape)}"
+            )
+        return betas
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        return cosine_betas(num_train_timesteps)
+    raise ValueError(f"beta_schedule={beta_schedule!r} is not supported; choose one of {', '.join(BETA_SCHEDULES)}")
+
+
+def spaced_timesteps(
+    num_inference_steps: int, num_train_timesteps: int, spacing: str, steps_offset: int = 0
+) -> np.ndarray:
+    """Integer timesteps, descending, for the three spacings of Lin et al., "Common Diffusion Noise Schedules
+    and Sample Steps are Flawed" (2023), Table 2 — as DDIM, DDPM, PNDM, DPM-Solver and UniPC space them.
+
+    ``leading`` takes every (T // n)-th step from 0 and adds ``steps_offset``; ``trailing`` counts back from T;
+    ``linspace`` spreads n points evenly over [0, T - 1] and rounds.
+    """
+    if spacing == "linspace":
+        return np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
+    if spacing == "leading":
+        step_ratio = num_train_timesteps // num_inference_steps
+        timesteps = (np.arange(0, num_inference_steps) * step_ratio).round()[::-1].copy().astype(np.int64)
+        return timesteps + steps_offset
+    if spacing == "trailing":
+        step_ratio = num_train_timesteps / num_inference_steps
+        return np.round(np.arange(num_train_timesteps, 0, -step_ratio)).astype(np.int64) - 1
+    raise ValueError(f"timestep_spacing={spacing!r} is not supported; choose one of {', '.join(TIMESTEP_SPACINGS)}")
+
+
+def broadcast_to_sample(values: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """Reshape per-batch scalars (B,) to (B, 1, 1, …) so they broadcast against ``sample``."""
+    values = values.flatten()
+    return values.reshape(values.shape + (1,) * (sample.ndim - 1))
+
+
+class SchedulerMixin(ConfigMixin):
+    """Config I/O, validation and step bookkeeping shared by all schedulers.
+
+    Subclasses set ``self.timesteps`` in ``set_timesteps`` and use ``_init_step_index`` / ``self._step_index``
+    to know where they are; ``set_begin_index`` lets image-to-image start part-way through the schedule.
+    """
+
+    config_name = "scheduler_config.json"
+    order = 1
+    init_noise_sigma = 1.0
+
+    timesteps: torch.Tensor | None = None
+    num_inference_steps: int | None = None
+    _step_index: int | None = None
+    _begin_index: int | None = None
+
+    # ------------------------------------------------------------------ config I/O
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, subfolder: str | None = None, **overrides: Any):
+        """Build from ``scheduler_config.json`` in a local folder (optionally its ``subfolder``)."""
+        path = Path(folder) / (subfolder or "") / cls.config_name
+        return cls.from_config(load_json(path), **overrides)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Alias of ``save_config`` (diffusers' name for it)."""
+        return self.save_config(save_directory)
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}")
+
+    def _check_num_inference_steps(self, num_inference_steps: Any) -> int:
+        total = self.config.num_train_timesteps
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
+        if not 1 <= num_inference_steps <= total:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} is out of range; it must be between 1 and "
+                f"num_train_timesteps={total}"
+            )
+        return int(num_inference_steps)
+
+    def _require_timesteps(self) -> None:
+        if self.num_inference_steps is None or self.timesteps is None:
+            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) before step()")
+
+    # ------------------------------------------------------------------ where we are in the schedule
+    @property
+    def step_index(self) -> int | None:
+        """Index of the current timestep in ``timesteps``; None until the first ``step``."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """Index the sampling starts from, when set with ``set_begin_index`` (image-to-image)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start sampling at ``timesteps[begin_index]`` (image-to-image skips the first steps)."""
+        self._begin_index = int(begin_index)
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """Position of ``timestep`` in the schedule; for a repeated timestep, the second occurrence (as in
+        diffusers, so a sampler that starts mid-schedule never skips a step)."""
+        if schedule_timesteps is None:
+            schedule_timesteps = self.timesteps
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.to(schedule_timesteps.device)
+        indices = (schedule_timesteps == timestep).nonzero()
+        if len(indices) == 0:
+            raise ValueError(
+                f"timestep {float(timestep):g} is not in this scheduler's schedule "
+                f"({len(schedule_timesteps)} steps from {float(schedule_timesteps[0]):g} to "
+                f"{float(schedule_timesteps[-1]):g}); pass one of scheduler.timesteps"
+            )
+        pos = 1 if len(indices) > 1 else 0
+        return int(indices[pos].item())
+
+    def _init_step_index(self, timestep: Any) -> None:
+        if self._begin_index is None:
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
