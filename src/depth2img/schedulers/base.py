@@ -8,6 +8,7 @@ Schedulers keep the diffusers interface (``set_timesteps``, ``timesteps``, ``ste
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -27,8 +28,17 @@ __all__ = [
     "SchedulerOutput",
     "broadcast_to_sample",
     "cosine_betas",
+    "dynamic_threshold",
+    "exponential_sigmas",
+    "forward_diffuse",
+    "karras_sigmas",
     "make_betas",
+    "randn_tensor",
+    "rescale_zero_terminal_snr",
+    "sigma_spaced_timesteps",
+    "sigma_to_timestep",
     "spaced_timesteps",
+    "vp_sigmas",
 ]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -114,10 +124,134 @@ def spaced_timesteps(
     raise ValueError(f"timestep_spacing={spacing!r} is not supported; choose one of {', '.join(TIMESTEP_SPACINGS)}")
 
 
+def sigma_spaced_timesteps(
+    num_inference_steps: int, num_train_timesteps: int, spacing: str, steps_offset: int = 0
+) -> np.ndarray:
+    """Float32 timesteps, descending, as the sigma-space samplers (LMS, Euler, Heun) space them.
+
+    Same three spacings as ``spaced_timesteps``, except that ``linspace`` is not rounded: these samplers
+    interpolate σ between training timesteps, so a fractional timestep is meaningful.
+    """
+    if spacing == "linspace":
+        return np.linspace(0, num_train_timesteps - 1, num_inference_steps, dtype=np.float32)[::-1].copy()
+    return spaced_timesteps(num_inference_steps, num_train_timesteps, spacing, steps_offset).astype(np.float32)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale √ᾱ so the last training step has zero signal (SNR = 0), keeping the first step's value.
+
+    Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (2023), Algorithm 1.
+    """
+    sqrt_alpha_bar = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = sqrt_alpha_bar[0].clone(), sqrt_alpha_bar[-1].clone()
+    sqrt_alpha_bar = (sqrt_alpha_bar - last) * (first / (first - last))
+    alpha_bar = sqrt_alpha_bar**2
+    alphas = torch.cat([alpha_bar[0:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
+
+
+# ---------------------------------------------------------------------------------------- σ-space schedules
+# k-diffusion's view of a variance-preserving model: x_t / √ᾱ_t = x_0 + σ_t ε with σ_t = √((1 - ᾱ_t) / ᾱ_t).
+
+
+def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """σ_t = √((1 - ᾱ_t) / ᾱ_t) for every training timestep, ascending in t (float32, computed in torch as
+    the reference does, so interpolated schedules agree to the last bit)."""
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()
+
+
+def sigma_to_timestep(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The (fractional) training timestep of each σ: linear interpolation of log σ between neighbouring
+    training timesteps (k-diffusion's ``DiscreteSchedule.sigma_to_t``)."""
+    sigmas = np.asarray(sigmas)
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    distances = log_sigma - log_sigmas[:, np.newaxis]
+    low = np.cumsum(distances >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    weight = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
+    return ((1 - weight) * low + weight * high).reshape(sigmas.shape)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, rho: float = 7.0) -> np.ndarray:
+    """σ_i = (σ_max^(1/ρ) + i/(n-1) · (σ_min^(1/ρ) - σ_max^(1/ρ)))^ρ, descending.
+
+    Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models" (2022), eq. 5, ρ = 7.
+    """
+    ramp = np.linspace(0, 1, num_inference_steps)
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) -> np.ndarray:
+    """σ evenly spaced in log σ from σ_max down to σ_min (k-diffusion's ``get_sigmas_exponential``)."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
+
+
+# ---------------------------------------------------------------------------------------- shared sample maths
 def broadcast_to_sample(values: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     """Reshape per-batch scalars (B,) to (B, 1, 1, …) so they broadcast against ``sample``."""
     values = values.flatten()
     return values.reshape(values.shape + (1,) * (sample.ndim - 1))
+
+
+def forward_diffuse(
+    original: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """Sample q(x_t | x_0) = √ᾱ_t x_0 + √(1 - ᾱ_t) ε for integer ``timesteps`` (one per batch item).
+
+    Ho et al., "Denoising Diffusion Probabilistic Models" (2020), eq. 4.
+    """
+    alpha_bar = alphas_cumprod.to(device=original.device, dtype=original.dtype)[timesteps.to(original.device)]
+    return (
+        broadcast_to_sample(alpha_bar**0.5, original) * original
+        + broadcast_to_sample((1 - alpha_bar) ** 0.5, original) * noise
+    )
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Clamp the x_0 estimate to [-s, s] and divide by s, where s is the ``ratio`` quantile of |x_0| per
+    sample, clipped to [1, ``max_value``].
+
+    Saharia et al., "Photorealistic Text-to-Image Diffusion Models with Deep Language Understanding" (Imagen,
+    2022), section 2.3. Meant for pixel-space models; latent models such as Stable Diffusion do not use it.
+    """
+    dtype = x0.dtype
+    flat = x0.reshape(x0.shape[0], -1)
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # quantile needs float32/64, and clamp has no CPU half kernel
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
+
+
+def randn_tensor(
+    shape: tuple[int, ...],
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal noise drawn exactly as the reference draws it, so seeded runs match it.
+
+    A CPU generator draws on the CPU and the result moves to ``device``; a list of generators draws one
+    batch item from each, in order.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    draw_device = device
+    if generator is not None:
+        generator_device = (generator[0] if isinstance(generator, list) else generator).device
+        if generator_device.type != device.type:
+            if generator_device.type != "cpu":
+                raise ValueError(f"cannot draw noise on {device} with a generator on {generator_device}")
+            draw_device = torch.device("cpu")
+    if isinstance(generator, list) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per batch item")
+        item_shape = (1, *shape[1:])
+        parts = [torch.randn(item_shape, generator=g, device=draw_device, dtype=dtype) for g in generator]
+        return torch.cat(parts, dim=0).to(device)
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
 
 
 class SchedulerMixin(ConfigMixin):
@@ -133,6 +267,7 @@ class SchedulerMixin(ConfigMixin):
 
     timesteps: torch.Tensor | None = None
     num_inference_steps: int | None = None
+    _timestep_set: frozenset[float] = frozenset()
     _step_index: int | None = None
     _begin_index: int | None = None
 
@@ -167,6 +302,36 @@ class SchedulerMixin(ConfigMixin):
     def _require_timesteps(self) -> None:
         if self.num_inference_steps is None or self.timesteps is None:
             raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) before step()")
+
+    def _schedule_timestep(self, timestep: Any) -> int:
+        """``timestep`` as a Python int, after checking it is one of ``self.timesteps`` (for samplers that index
+        the training schedule by timestep rather than by step index)."""
+        value = float(timestep)
+        if value not in self._timestep_set:
+            schedule = self.timesteps
+            raise ValueError(
+                f"timestep {value:g} is not in this scheduler's schedule ({len(schedule)} steps from "
+                f"{float(schedule[0]):g} to {float(schedule[-1]):g}); pass one of scheduler.timesteps"
+            )
+        return int(value)
+
+    def _set_schedule(self, timesteps: np.ndarray, device: torch.device | str | None, dtype=None) -> None:
+        """Install a new ``timesteps`` schedule and forget where the previous run was."""
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=dtype)
+        self._timestep_set = {float(t) for t in timesteps}
+        self._step_index = None
+        self._begin_index = None
+
+    def step_kwargs(self, eta: float = 0.0, generator: Any = None) -> dict[str, Any]:
+        """The subset of ``eta`` / ``generator`` this scheduler's ``step`` accepts (as a pipeline passes them:
+        deterministic samplers take neither, DDIM takes both, stochastic ones take ``generator``)."""
+        accepted = inspect.signature(self.step).parameters
+        kwargs: dict[str, Any] = {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        return kwargs
 
     # ------------------------------------------------------------------ where we are in the schedule
     @property
