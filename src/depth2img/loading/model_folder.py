@@ -1,0 +1,173 @@
+"""A model folder in the diffusers layout: ``config.json`` plus ``diffusion_pytorch_model[.variant].safetensors``.
+
+``load_model`` builds the module from the config with its parameters on the meta device (no random
+initialisation, no memory), then puts the checkpoint's tensors in place with ``load_state_dict(assign=True)``.
+safetensors files are memory-mapped, so a float32 checkpoint loaded as float32 costs one copy of the weights
+(the file's pages) and no time spent copying. ``save_model`` writes the same layout, atomically per file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..configuration import load_json
+from .empty_init import meta_parameter_names, parameters_on_meta
+from .hub import download_hint, is_local_folder, resolve_folder
+from .weights import (
+    InvalidWeightsError,
+    check_state_dict,
+    find_weights_files,
+    read_weights,
+    variant_name,
+    weights_file_names,
+    write_state_dict,
+)
+
+if TYPE_CHECKING:
+    from ..models.modeling import ModelMixin
+
+__all__ = ["load_model", "resolve_dtype", "save_model"]
+
+_HUB_OPTIONS = ("revision", "cache_dir", "token")
+
+
+def resolve_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.float16`` or its name (``"float16"``, ``"torch.float16"``) as a floating ``torch.dtype``."""
+    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
+        dtype = torch_dtype
+    else:
+        dtype = getattr(torch, str(torch_dtype).removeprefix("torch."), None)
+    if torch_dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"torch_dtype must be a floating torch dtype such as torch.float16, got {torch_dtype!r}")
+    return dtype
+
+
+def load_model(
+    cls: type[ModelMixin],
+    name_or_path: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+    variant: str | None = None,
+    local_files_only: bool = False,
+    use_safetensors: bool | None = None,
+    **hub_options: Any,
+) -> ModelMixin:
+    """Build ``cls`` from ``config.json`` and load its weights; see ``ModelMixin.from_pretrained``."""
+    unknown = sorted(set(hub_options) - set(_HUB_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}.from_pretrained got unknown argument(s) {', '.join(unknown)}; accepted: subfolder, "
+            f"torch_dtype, variant, local_files_only, use_safetensors, {', '.join(_HUB_OPTIONS)}"
+        )
+    dtype = resolve_dtype(torch_dtype)
+    if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant):
+        raise ValueError(f"variant must be a short name such as 'fp16', got {variant!r}")
+
+    folder = _fetch(cls, name_or_path, subfolder, variant, use_safetensors, local_files_only, hub_options)
+    config_path = folder / cls.config_name
+    config = load_json(config_path)
+    _check_class(cls, config, config_path)
+    try:
+        files = find_weights_files(folder, cls.weights_name, variant, use_safetensors)
+    except FileNotFoundError as error:
+        if is_local_folder(name_or_path):
+            raise
+        raise FileNotFoundError(f"{error}; {download_hint(str(name_or_path))}") from None
+
+    with parameters_on_meta():
+        model = _build(cls, config, config_path)
+    state_dict = read_weights(files)
+    source = files[0] if len(files) == 1 else files[0].parent
+    expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    check_state_dict(expected, state_dict, source, cls.__name__)
+    _assign(model, state_dict, dtype)
+    left = meta_parameter_names(model)
+    if left:  # strict matching makes this unreachable unless a module hides parameters from state_dict()
+        raise InvalidWeightsError(f"{source} left {cls.__name__} tensors without values: {', '.join(left[:5])}")
+    if dtype is not None:
+        model.to(dtype)  # non-persistent floating buffers too; loaded tensors already have this dtype (no copy)
+    return model.eval()
+
+
+def _fetch(
+    cls: type[ModelMixin],
+    name_or_path: str | os.PathLike,
+    subfolder: str | None,
+    variant: str | None,
+    use_safetensors: bool | None,
+    local_files_only: bool,
+    hub_options: dict[str, Any],
+) -> Path:
+    """The local folder of the component; from the Hub, only config and one weights format are fetched."""
+
+    def fetch(safetensors: bool) -> Path:
+        single, index = weights_file_names(cls.weights_name, variant, safetensors)
+        suffix = ".safetensors" if safetensors else ".bin"
+        shards = variant_name(f"{cls.weights_name}-*-of-*{suffix}", variant)
+        return resolve_folder(
+            name_or_path,
+            subfolder=subfolder,
+            allow_patterns=[cls.config_name, single, index, shards],
+            local_files_only=local_files_only,
+            **hub_options,
+        )
+
+    folder = fetch(use_safetensors is not False)
+    if use_safetensors is None and not is_local_folder(name_or_path):
+        try:
+            find_weights_files(folder, cls.weights_name, variant, use_safetensors=True)
+        except FileNotFoundError:  # the repo has no safetensors weights: fall back to .bin
+            folder = fetch(False)
+    return folder
+
+
+def _check_class(cls: type[ModelMixin], config: dict, config_path: Path) -> None:
+    name = config.get("_class_name")
+    accepted = {cls.__name__, *getattr(cls, "config_class_names", ())}
+    if name is not None and name not in accepted:
+        raise ValueError(f"{config_path} describes a {name}, not a {cls.__name__}: is this the right subfolder?")
+
+
+def _build(cls: type[ModelMixin], config: dict, config_path: Path) -> ModelMixin:
+    kwargs = cls.extract_init_kwargs(config, source=str(config_path))
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{config_path} does not describe a valid {cls.__name__}: {error}") from error
+
+
+def _assign(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
+    """Put the checkpoint tensors in place, cast to ``dtype`` (default: the module's own, float32)."""
+    current = model.state_dict()
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point():
+            target = dtype if dtype is not None else current[key].dtype
+            state_dict[key] = tensor.to(target)  # no copy when the dtype already matches
+        elif tensor.dtype != current[key].dtype:
+            state_dict[key] = tensor.to(current[key].dtype)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+
+
+def save_model(
+    model: ModelMixin, save_directory: str | os.PathLike, variant: str | None = None, safe_serialization: bool = True
+) -> Path:
+    """Write ``config.json`` and the weights of ``model`` into ``save_directory``; returns the folder."""
+    if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant):
+        raise ValueError(f"variant must be a short name such as 'fp16', got {variant!r}")
+    folder = Path(save_directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"cannot save into {folder}: it is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    left = meta_parameter_names(model)
+    if left:
+        raise ValueError(f"cannot save {type(model).__name__}: tensors without values (meta): {', '.join(left[:5])}")
+    name, _ = weights_file_names(model.weights_name, variant, safetensors=safe_serialization)
+    # Weights first: a folder whose config.json is new always has the matching weights next to it.
+    write_state_dict(model.state_dict(), folder / name)
+    model.save_config(folder)
+    return folder
