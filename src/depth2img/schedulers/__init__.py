@@ -1,8 +1,8 @@
 """Noise schedulers: one sampling algorithm per file, sharing ``base.py``.
 
 Classes are named as diffusers names them, so a checkpoint's ``scheduler_config.json`` ``_class_name``
-resolves directly (``SCHEDULER_CLASSES``). They are imported lazily: importing one sampler does not import
-all of them.
+resolves directly (``scheduler_class``). They are imported lazily: importing one sampler does not import
+all of them. ``get_scheduler("dpm++2m-karras", config)`` builds one from a short sampler name (``registry.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from .base import SchedulerMixin, SchedulerOutput
+from .registry import SCHEDULER_PRESETS, SchedulerPreset, get_scheduler, scheduler_names
 
 # class name -> module (in this package) that defines it
 SCHEDULER_MODULES = {
@@ -25,7 +26,17 @@ SCHEDULER_MODULES = {
     "UniPCMultistepScheduler": "unipc",
 }
 
-__all__ = ["SCHEDULER_MODULES", "SchedulerMixin", "SchedulerOutput", "scheduler_class", *SCHEDULER_MODULES]
+__all__ = [
+    "SCHEDULER_MODULES",
+    "SCHEDULER_PRESETS",
+    "SchedulerMixin",
+    "SchedulerOutput",
+    "SchedulerPreset",
+    "get_scheduler",
+    "scheduler_class",
+    "scheduler_names",
+    *SCHEDULER_MODULES,
+]
 
 
 def scheduler_class(name: str) -> type[SchedulerMixin]:

@@ -29,16 +29,11 @@ __all__ = [
     "broadcast_to_sample",
     "cosine_betas",
     "dynamic_threshold",
-    "exponential_sigmas",
     "forward_diffuse",
-    "karras_sigmas",
     "make_betas",
-    "randn_tensor",
     "rescale_zero_terminal_snr",
-    "sigma_spaced_timesteps",
-    "sigma_to_timestep",
     "spaced_timesteps",
-    "vp_sigmas",
+    "AlphaBarScheduler",
 ]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -124,19 +119,6 @@ def spaced_timesteps(
     raise ValueError(f"timestep_spacing={spacing!r} is not supported; choose one of {', '.join(TIMESTEP_SPACINGS)}")
 
 
-def sigma_spaced_timesteps(
-    num_inference_steps: int, num_train_timesteps: int, spacing: str, steps_offset: int = 0
-) -> np.ndarray:
-    """Float32 timesteps, descending, as the sigma-space samplers (LMS, Euler, Heun) space them.
-
-    Same three spacings as ``spaced_timesteps``, except that ``linspace`` is not rounded: these samplers
-    interpolate σ between training timesteps, so a fractional timestep is meaningful.
-    """
-    if spacing == "linspace":
-        return np.linspace(0, num_train_timesteps - 1, num_inference_steps, dtype=np.float32)[::-1].copy()
-    return spaced_timesteps(num_inference_steps, num_train_timesteps, spacing, steps_offset).astype(np.float32)
-
-
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Shift and scale √ᾱ so the last training step has zero signal (SNR = 0), keeping the first step's value.
 
@@ -148,44 +130,6 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     alpha_bar = sqrt_alpha_bar**2
     alphas = torch.cat([alpha_bar[0:1], alpha_bar[1:] / alpha_bar[:-1]])
     return 1 - alphas
-
-
-# ---------------------------------------------------------------------------------------- σ-space schedules
-# k-diffusion's view of a variance-preserving model: x_t / √ᾱ_t = x_0 + σ_t ε with σ_t = √((1 - ᾱ_t) / ᾱ_t).
-
-
-def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
-    """σ_t = √((1 - ᾱ_t) / ᾱ_t) for every training timestep, ascending in t (float32, computed in torch as
-    the reference does, so interpolated schedules agree to the last bit)."""
-    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()
-
-
-def sigma_to_timestep(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """The (fractional) training timestep of each σ: linear interpolation of log σ between neighbouring
-    training timesteps (k-diffusion's ``DiscreteSchedule.sigma_to_t``)."""
-    sigmas = np.asarray(sigmas)
-    log_sigma = np.log(np.maximum(sigmas, 1e-10))
-    distances = log_sigma - log_sigmas[:, np.newaxis]
-    low = np.cumsum(distances >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    high = low + 1
-    weight = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
-    return ((1 - weight) * low + weight * high).reshape(sigmas.shape)
-
-
-def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, rho: float = 7.0) -> np.ndarray:
-    """σ_i = (σ_max^(1/ρ) + i/(n-1) · (σ_min^(1/ρ) - σ_max^(1/ρ)))^ρ, descending.
-
-    Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models" (2022), eq. 5, ρ = 7.
-    """
-    ramp = np.linspace(0, 1, num_inference_steps)
-    min_inv_rho = sigma_min ** (1 / rho)
-    max_inv_rho = sigma_max ** (1 / rho)
-    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-
-
-def exponential_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) -> np.ndarray:
-    """σ evenly spaced in log σ from σ_max down to σ_min (k-diffusion's ``get_sigmas_exponential``)."""
-    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), num_inference_steps))
 
 
 # ---------------------------------------------------------------------------------------- shared sample maths
@@ -224,36 +168,6 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
 
 
-def randn_tensor(
-    shape: tuple[int, ...],
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Standard normal noise drawn exactly as the reference draws it, so seeded runs match it.
-
-    A CPU generator draws on the CPU and the result moves to ``device``; a list of generators draws one
-    batch item from each, in order.
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    draw_device = device
-    if generator is not None:
-        generator_device = (generator[0] if isinstance(generator, list) else generator).device
-        if generator_device.type != device.type:
-            if generator_device.type != "cpu":
-                raise ValueError(f"cannot draw noise on {device} with a generator on {generator_device}")
-            draw_device = torch.device("cpu")
-    if isinstance(generator, list) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, list):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per batch item")
-        item_shape = (1, *shape[1:])
-        parts = [torch.randn(item_shape, generator=g, device=draw_device, dtype=dtype) for g in generator]
-        return torch.cat(parts, dim=0).to(device)
-    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
-
-
 class SchedulerMixin(ConfigMixin):
     """Config I/O, validation and step bookkeeping shared by all schedulers.
 
@@ -288,6 +202,20 @@ class SchedulerMixin(ConfigMixin):
         if value not in allowed:
             raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(allowed)}")
 
+    def _check_options(
+        self,
+        prediction_type: str,
+        timestep_spacing: str,
+        beta_schedule: str,
+        trained_betas: Any = None,
+        prediction_types: tuple[str, ...] = PREDICTION_TYPES,
+    ) -> None:
+        """Reject an unknown ``prediction_type`` / ``timestep_spacing`` / ``beta_schedule`` at construction."""
+        self._check_choice("prediction_type", prediction_type, prediction_types)
+        self._check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        if trained_betas is None:  # trained_betas replaces the named schedule
+            self._check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+
     def _check_num_inference_steps(self, num_inference_steps: Any) -> int:
         total = self.config.num_train_timesteps
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
@@ -299,9 +227,9 @@ class SchedulerMixin(ConfigMixin):
             )
         return int(num_inference_steps)
 
-    def _require_timesteps(self) -> None:
+    def _require_timesteps(self, method: str = "step") -> None:
         if self.num_inference_steps is None or self.timesteps is None:
-            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) before step()")
+            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) before {method}()")
 
     def _schedule_timestep(self, timestep: Any) -> int:
         """``timestep`` as a Python int, after checking it is one of ``self.timesteps`` (for samplers that index
@@ -315,10 +243,10 @@ class SchedulerMixin(ConfigMixin):
             )
         return int(value)
 
-    def _set_schedule(self, timesteps: np.ndarray, device: torch.device | str | None, dtype=None) -> None:
+    def _install_timesteps(self, timesteps: np.ndarray, device: torch.device | str | None) -> None:
         """Install a new ``timesteps`` schedule and forget where the previous run was."""
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=dtype)
-        self._timestep_set = {float(t) for t in timesteps}
+        self.timesteps = torch.from_numpy(timesteps).to(device)
+        self._timestep_set = frozenset(float(t) for t in self.timesteps.cpu().tolist())
         self._step_index = None
         self._begin_index = None
 
@@ -373,3 +301,53 @@ class SchedulerMixin(ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+
+class AlphaBarScheduler(SchedulerMixin):
+    """Shared by the samplers that read ᾱ_t at integer training timesteps (DDPM, DDIM, PNDM): the training
+    schedule, the forward process for ``add_noise``, an identity ``scale_model_input`` and ᾱ of the step after
+    the last one.
+
+    These samplers locate themselves by the ``timestep`` passed to ``step``, so ``set_begin_index`` (kept for
+    a uniform interface) does not change their results.
+    """
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: torch.Tensor
+
+    def _init_training_schedule(
+        self,
+        num_train_timesteps: int,
+        beta_start: float,
+        beta_end: float,
+        beta_schedule: str,
+        trained_betas: Any,
+        rescale_betas_zero_snr: bool = False,
+        set_alpha_to_one: bool = True,
+    ) -> None:
+        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        if rescale_betas_zero_snr:
+            self.betas = rescale_zero_terminal_snr(self.betas)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        # ᾱ "before" timestep 0: 1 (a clean sample) or, as Stable Diffusion was set up, ᾱ_0 itself.
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+
+    def alpha_bar(self, timestep: int) -> torch.Tensor:
+        """ᾱ at ``timestep``; a negative timestep (past the end of the chain) gives ``final_alpha_cumprod``."""
+        return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """The model sees x_t unscaled in ᾱ-parameterised samplers."""
+        return sample
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε at each item's ``timesteps`` (the forward process, Ho et al. eq. 4)."""
+        return forward_diffuse(original_samples, noise, self.alphas_cumprod, timesteps)
+
+    def _integer_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        config = self.config
+        return spaced_timesteps(
+            num_inference_steps, config.num_train_timesteps, config.timestep_spacing, config.steps_offset
+        )
