@@ -1,0 +1,18 @@
+"""Our own UNet and VAE, with the published checkpoints' parameter names (weights load unchanged)."""
+
+from .attention import Attention, AttentionBackendMixin
+from .modeling import ModelMixin
+from .unet import UNet2DConditionModel, UNet2DConditionOutput
+from .vae import AutoencoderKL, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
+
+__all__ = [
+    "Attention",
+    "AttentionBackendMixin",
+    "AutoencoderKL",
+    "AutoencoderKLOutput",
+    "DecoderOutput",
+    "DiagonalGaussianDistribution",
+    "ModelMixin",
+    "UNet2DConditionModel",
+    "UNet2DConditionOutput",
+]
