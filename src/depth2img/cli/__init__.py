@@ -1,0 +1,69 @@
+"""The ``depth2img`` command: ``generate``, ``depth``, ``random-model`` and ``info``.
+
+Each subcommand lives in its own module with ``add_parser(subparsers, parents)`` and ``run(args) -> int``.
+Modules import torch and the models only inside ``run``, so ``--help`` and argument errors are instant.
+``main`` turns every failure into one line on stderr, ``depth2img: error: ...``, and an exit status
+(2 bad arguments or input files, 1 a failed run, 130 interrupted); ``--debug`` also prints the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .. import __version__
+from . import depth_cmd, generate, info, random_model_cmd
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliArgumentParser, CliError
+
+__all__ = ["build_parser", "main"]
+
+SUBCOMMANDS = (generate, depth_cmd, random_model_cmd, info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (top level plus every subcommand)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    parser = CliArgumentParser(
+        prog="depth2img",
+        parents=[common],
+        description="Text-guided, depth-preserving image-to-image generation with Stable Diffusion 2 depth.",
+        epilog="Run 'depth2img COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"depth2img {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliArgumentParser)
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers, [common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # known before parsing, so even argument errors can show where they came from
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help(sys.stderr)
+            return 2
+        return int(args.run(args) or 0)
+    except SystemExit as exit_request:  # --help and --version
+        return exit_request.code if isinstance(exit_request.code, int) else 0
+    except CliError as error:
+        _report(str(error), debug)
+        return error.exit_code
+    except KeyboardInterrupt:
+        _report("interrupted", debug)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a bug or an environment problem: still one line, unless --debug
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _report(f"{type(error).__name__}: {reason}" + ("" if debug else " (run with --debug for the traceback)"), debug)
+        return EXIT_FAILURE
+
+
+def _report(message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(f"depth2img: error: {' '.join(message.split(chr(10)))}", file=sys.stderr)

@@ -1,0 +1,101 @@
+"""``depth2img depth``: the depth map alone, as the model sees it.
+
+For each input image: ``NAME.png`` (16-bit grayscale, white = near, at the image's size), ``NAME-color.png``
+(a viridis preview, yellow = near) and, with ``--npy``, ``NAME.npy`` (the raw float32 values). Feed the PNG
+back with ``depth2img generate --depth-map`` after editing it, to control the layout by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import argtypes
+from .errors import CliError
+from .settings import DEFAULT_MODEL
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``depth``."""
+    parser = subparsers.add_parser(
+        "depth",
+        parents=parents,
+        help="estimate a photo's depth map (16-bit PNG + colour preview)",
+        description="Estimate depth maps with the model's depth estimator (DPT / MiDaS). White/yellow = near.",
+        epilog="Example: depth2img depth -i examples/room.jpg -o room-depth.png --npy",
+    )
+    parser.add_argument(
+        "-i", "--image", dest="images", action="append", required=True, metavar="PATH",
+        help="input image or folder (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-o", "--output", metavar="PATH",
+        help="NAME.png for one image, or a folder (default: current folder, NAME = <image>-depth)",
+    )  # fmt: skip
+    parser.add_argument("--npy", action="store_true", help="also write the raw float32 depth as .npy")
+    parser.add_argument("--no-preview", action="store_true", help="skip the colour preview")
+    parser.add_argument("-W", "--width", type=argtypes.int_at_least(8), help="resize inputs to this width first")
+    parser.add_argument("-H", "--height", type=argtypes.int_at_least(8), help="resize inputs to this height first")
+    parser.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model holding the estimator ({DEFAULT_MODEL})")
+    parser.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, else float32), float32, ...")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but the written paths")
+    parser.set_defaults(run=run)
+
+
+def _output_stems(output: str | None, images: list[Path]) -> list[Path]:
+    """Per image, the output path without suffix; a ``.png`` name is for a single image only."""
+    if output and Path(output).suffix.lower() == ".png" and not Path(output).is_dir():
+        if len(images) > 1:
+            raise CliError(f"--output: {output} names one file, but there are {len(images)} images; give a folder")
+        return [Path(output).expanduser().with_suffix("")]
+    if output and Path(output).suffix and not Path(output).is_dir():
+        raise CliError(f"--output: {output!r} must be a folder or end in .png")
+    folder = Path(output).expanduser() if output else Path(".")
+    stems = [folder / f"{image.stem}-depth" for image in images]
+    if len({stem.name for stem in stems}) < len(stems):
+        raise CliError("two input images share a file name; their depth maps would overwrite each other")
+    return stems
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the inputs, load the estimator, write the maps."""
+    from .devices import resolve_device, resolve_dtype
+    from .inputs import collect_images
+    from .outputs import ensure_writable_folder
+    from .pipeline_setup import check_model
+
+    images = collect_images(args.images)
+    stems = _output_stems(args.output, images)
+    for folder in {stem.parent for stem in stems}:
+        ensure_writable_folder(folder)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    source = check_model(args.model, args.offline)
+
+    from .depthmaps import estimate_depth, resize_depth, write_depth_npy, write_depth_png16, write_preview
+    from .inputs import load_rgb
+    from .pipeline_setup import load_pipeline
+
+    pipe = load_pipeline(source, dtype=dtype, offline=args.offline, quiet=True).to(device)
+    for number, (image_path, stem) in enumerate(zip(images, stems), start=1):
+        if not args.quiet:
+            print(f"depth2img: [{number}/{len(images)}] {image_path.name}", file=sys.stderr)
+        image = load_rgb(image_path, args.width, args.height)
+        depth = resize_depth(estimate_depth(pipe, image), image.size)
+        written = [stem.with_name(stem.name + ".png")]
+        write_depth_png16(written[0], depth)
+        if not args.no_preview:
+            written.append(stem.with_name(stem.name + "-color.png"))
+            write_preview(written[-1], depth)
+        if args.npy:
+            written.append(stem.with_name(stem.name + ".npy"))
+            write_depth_npy(written[-1], depth)
+        for path in written:
+            print(path, flush=True)
+    return 0

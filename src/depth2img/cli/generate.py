@@ -1,0 +1,332 @@
+"""``depth2img generate``: new images from photos and prompts, keeping each photo's depth.
+
+Every image of a run is made by its own pipeline call with its own ``torch.Generator(seed + k)`` (k counts the
+images of the run: input images, then prompts, then ``-n`` copies), so any one image can be made again alone
+from its seed. This differs from a single ``generator`` over a batch of N in diffusers, whose second image
+depends on the first. The depth map is estimated once per input image and passed to each call, which gives the
+same pixels as letting the pipeline estimate it (and is what ``--save-depth`` writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import argtypes
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, warn
+from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_OUTPUT = "outputs"
+
+
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``generate`` and its flags (names as in stable-diffusion.cpp, A1111 and diffusers)."""
+    parser = subparsers.add_parser(
+        "generate",
+        parents=parents,
+        help="make images from a photo and a prompt, keeping the photo's depth",
+        description="Make images from photos and prompts, keeping each photo's depth (layout, shapes).",
+        epilog="Example: depth2img generate -i examples/room.jpg -p 'a cosy cabin interior, winter' -s 42",
+    )
+    # Defaults are None here so that --from-png can tell typed flags from defaults (see settings.py).
+    what = parser.add_argument_group("what to generate")
+    what.add_argument("-p", "--prompt", dest="prompts", action="append", metavar="TEXT", help="prompt (repeatable)")
+    what.add_argument("--negative-prompt", metavar="TEXT", help="what to keep out of the image")
+    what.add_argument(
+        "-i", "--image", dest="images", action="append", metavar="PATH", help="input image or folder (repeatable)"
+    )
+    what.add_argument("--depth-map", metavar="PATH", help="use this depth map (image or .npy; white = near)")
+    what.add_argument("--from-png", metavar="PNG", help="repeat the run that made this PNG (typed flags override)")
+
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument(
+        "--strength", type=argtypes.fraction, metavar="S", help="how much to change the image, 0..1 (0.8)"
+    )
+    sampling.add_argument(
+        "--steps",
+        "--num-inference-steps",
+        dest="steps",
+        type=argtypes.int_at_least(1),
+        metavar="N",
+        help="denoising steps (50)",
+    )
+    sampling.add_argument(
+        "--guidance-scale", "--cfg-scale", dest="guidance_scale", type=argtypes.non_negative_float, metavar="CFG",
+        help="how strongly to follow the prompt (7.5; 1 or less turns guidance off)",
+    )  # fmt: skip
+    sampling.add_argument(
+        "--scheduler", "--sampler", dest="scheduler", metavar="NAME",
+        help="sampler, e.g. euler-a, dpm++2m-karras, ddim (default: the model's own); see 'depth2img info'",
+    )  # fmt: skip
+    sampling.add_argument(
+        "-s",
+        "--seed",
+        type=argtypes.seed,
+        metavar="SEED",
+        help="seed of the first image; image k uses seed+k (-1: random)",
+    )
+    sampling.add_argument(
+        "-n",
+        "--num-images",
+        dest="num_images",
+        type=argtypes.int_at_least(1),
+        metavar="N",
+        help="images per prompt and input (1)",
+    )
+    sampling.add_argument(
+        "--clip-skip", type=argtypes.int_at_least(1), metavar="N",
+        help="as in A1111: 1 uses the text encoder's last layer, 2 the one before it, ...",
+    )  # fmt: skip
+    sampling.add_argument("--eta", type=argtypes.non_negative_float, metavar="ETA", help="DDIM eta (0)")
+    sampling.add_argument(
+        "-W", "--width", type=argtypes.int_at_least(8), metavar="PX", help="resize inputs to this width"
+    )
+    sampling.add_argument(
+        "-H", "--height", type=argtypes.int_at_least(8), metavar="PX", help="resize inputs to this height"
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "-m", "--model", help=f"Hub repo id, model folder or .safetensors/.ckpt file (default: {DEFAULT_MODEL})"
+    )
+    model.add_argument(
+        "--lora", dest="loras", action="append", type=argtypes.lora_spec, metavar="PATH[:SCALE]",
+        help="LoRA file and its weight (repeatable)",
+    )  # fmt: skip
+    model.add_argument(
+        "--embedding", dest="embeddings", action="append", type=argtypes.embedding_spec, metavar="PATH[:TOKEN]",
+        help="textual-inversion embedding (repeatable)",
+    )  # fmt: skip
+    model.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
+
+    hardware = parser.add_argument_group("device and memory")
+    hardware.add_argument("--device", metavar="DEVICE", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    hardware.add_argument(
+        "--dtype", metavar="DTYPE", help="auto (float16 on CUDA, else float32), float32, float16 or bfloat16"
+    )
+    hardware.add_argument(
+        "--attention-slicing", action=argparse.BooleanOptionalAction, help="compute attention in slices (less memory)"
+    )
+    hardware.add_argument(
+        "--vae-tiling", action=argparse.BooleanOptionalAction, help="decode in tiles (large images, less memory)"
+    )
+    # The benchmarks issue adds --low-memory to this group and passes it on in pipeline_setup.load_pipeline.
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "-o", "--output", metavar="PATH",
+        help=f"folder (default: {DEFAULT_OUTPUT}/) or a name pattern like 'out/{{stem}}-{{seed}}.png'",
+    )  # fmt: skip
+    output.add_argument("--save-depth", action="store_true", help="also write each image's depth map (16-bit PNG)")
+    output.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class _Plan:
+    """A run, checked: everything that can be wrong with the arguments was found before loading a model."""
+
+    settings: GenerateSettings
+    images: list[Path]
+    user_depth: Any  # numpy (H, W) from --depth-map, or None
+    seed: int
+    total: int
+    namer: Any
+    device: Any
+    dtype: Any
+    source: Any
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, load the model, then make and save the images one by one."""
+    plan = _plan(args)
+    import torch
+
+    from .pipeline_setup import apply_options, load_pipeline
+
+    settings = plan.settings
+    pipe = load_pipeline(plan.source, dtype=plan.dtype, offline=args.offline, quiet=args.quiet)
+    pipe = pipe.to(plan.device)
+    apply_options(
+        pipe,
+        scheduler=settings.scheduler,
+        attention_slicing=settings.attention_slicing,
+        vae_tiling=settings.vae_tiling,
+        loras=settings.loras,
+        embeddings=settings.embeddings,
+    )
+    written: list[Path] = []
+    try:
+        _generate(pipe, plan, args, written)
+    except KeyboardInterrupt:
+        raise CliError(
+            f"interrupted: {len(written)} of {plan.total} images were written; none was left half-written",
+            EXIT_INTERRUPTED,
+        ) from None
+    except torch.OutOfMemoryError:
+        raise CliError(
+            f"out of memory on {plan.device} after {len(written)} of {plan.total} images; try --attention-slicing, "
+            "--vae-tiling, smaller -W/-H, or --dtype float16",
+            EXIT_FAILURE,
+        ) from None
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    from .devices import dtype_name, resolve_dtype
+    from .inputs import load_depth_map
+    from .outputs import OutputNamer
+    from .pipeline_setup import check_adapter_support, check_model
+
+    settings = resolve_settings(args)
+    images = _input_images(settings)
+    user_depth = None
+    if settings.depth_map:
+        if len(images) != 1:
+            raise CliError(f"--depth-map goes with exactly one input image, but {len(images)} were given")
+        user_depth = load_depth_map(Path(settings.depth_map).expanduser())
+        settings.depth_map = str(Path(settings.depth_map).expanduser().resolve())
+    settings.images = [str(path.resolve()) for path in images]
+    total = len(images) * len(settings.prompts) * settings.num_images
+    seed = settings.seed if settings.seed >= 0 else secrets.randbelow(2**32)
+    if seed + total > 2**63:
+        raise CliError(f"--seed: {seed} + {total} images runs past the largest seed (2**63 - 1)")
+    if settings.scheduler:
+        settings.scheduler = _check_scheduler(settings.scheduler)
+    settings.loras = [(str(Path(p).expanduser().resolve()), scale) for p, scale in settings.loras]
+    settings.embeddings = [(str(Path(p).expanduser().resolve()), token) for p, token in settings.embeddings]
+    check_adapter_support(settings.loras, settings.embeddings)
+    namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
+    namer.prepare()
+    device = _device(settings)
+    dtype = resolve_dtype(settings.dtype, device)
+    settings.device, settings.dtype = str(device), dtype_name(dtype)
+    source = check_model(settings.model, args.offline)
+    if source.kind != "repo":
+        settings.model = source.location
+    if settings.seed < 0 and not args.quiet:
+        print(f"depth2img: random seed {seed}", file=sys.stderr)
+    return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source)
+
+
+def _input_images(settings: GenerateSettings) -> list[Path]:
+    from .inputs import collect_images, file_sha256
+
+    if "images" not in settings.from_record:
+        return collect_images(settings.images)
+    recorded = Path(settings.images[0])
+    if not recorded.is_file():
+        raise CliError(f"--from-png: the input image it was made from, {recorded}, is gone; pass it with -i PATH")
+    images = collect_images([str(recorded)])
+    if settings.record.get("image_sha256") not in (None, file_sha256(recorded)):
+        warn(f"{recorded} has changed since the PNG was made; the result will differ")
+    return images
+
+
+def _check_scheduler(name: str) -> str:
+    """The registry's short name for ``name`` (aliases and A1111 labels accepted), or a clear error."""
+    from ..schedulers.registry import resolve_scheduler_name
+
+    try:
+        return resolve_scheduler_name(name).name
+    except ValueError as error:
+        raise CliError(f"--scheduler: {error}") from None
+
+
+def _device(settings: GenerateSettings) -> Any:
+    from .devices import resolve_device
+
+    try:
+        return resolve_device(settings.device)
+    except CliError:
+        if "device" not in settings.from_record:
+            raise
+        warn(f"the PNG was made on {settings.device}, which is not available here; pixels will differ slightly")
+        return resolve_device("auto")
+
+
+def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Path]) -> None:
+    import torch
+
+    from .depthmaps import estimate_depth, resize_depth, write_depth_png16
+    from .inputs import file_sha256, load_rgb
+    from .pngmeta import JSON_KEY, PARAMETERS_KEY, a1111_parameters, write_png
+
+    settings = plan.settings
+    # A1111 counts clip skip from 1 (= the last layer); the pipeline, like diffusers, counts layers skipped.
+    clip_skip = settings.clip_skip - 1 if settings.clip_skip and settings.clip_skip > 1 else None
+    sampler = _sampler_label(pipe, settings.scheduler)
+    depth_sha = file_sha256(Path(settings.depth_map)) if settings.depth_map else None
+    index = 0
+    for image_path in plan.images:
+        image = load_rgb(image_path, settings.width, settings.height)
+        user_depth = plan.user_depth
+        depth = estimate_depth(pipe, image) if user_depth is None else torch.from_numpy(user_depth)[None]
+        image_sha = file_sha256(image_path)
+        for prompt in settings.prompts:
+            for _ in range(settings.num_images):
+                seed = plan.seed + index
+                if not args.quiet:
+                    print(f"depth2img: [{index + 1}/{plan.total}] seed {seed}, {image_path.name}", file=sys.stderr)
+                result = pipe(
+                    prompt=prompt,
+                    image=image,
+                    depth_map=depth,
+                    strength=settings.strength,
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale,
+                    negative_prompt=settings.negative_prompt or None,
+                    eta=settings.eta,
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    clip_skip=clip_skip,
+                    output_type="pil",
+                ).images[0]
+                record = image_record(
+                    settings, prompt=prompt, image=image_path.resolve(), seed=seed, image_sha256=image_sha,
+                    depth_map_sha256=depth_sha, size=list(result.size),
+                )  # fmt: skip
+                text = {
+                    PARAMETERS_KEY: a1111_parameters(
+                        prompt, settings.negative_prompt, a1111_fields(record, sampler, result.size)
+                    ),
+                    JSON_KEY: json.dumps(record),
+                }
+                path = plan.namer.path_for(index, seed, image_path, prompt)
+                write_png(path, result, text)
+                if args.save_depth:
+                    write_depth_png16(path.with_name(path.stem + "-depth.png"), resize_depth(depth, result.size))
+                written.append(path)
+                print(path, flush=True)  # stdout: one written file per line, for scripts
+                index += 1
+
+
+# A1111's sampler names for the schedulers a model folder may name itself.
+_A1111_SAMPLERS = {
+    "PNDMScheduler": "PLMS",
+    "DDIMScheduler": "DDIM",
+    "DDPMScheduler": "DDPM",
+    "LMSDiscreteScheduler": "LMS",
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "HeunDiscreteScheduler": "Heun",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "UniPCMultistepScheduler": "UniPC",
+}
+
+
+def _sampler_label(pipe: Any, name: str | None) -> str:
+    """The ``Sampler:`` value: A1111's name for the --scheduler preset, or for the model's own scheduler."""
+    if name:
+        from ..schedulers.registry import resolve_scheduler_name
+
+        preset = resolve_scheduler_name(name)
+        return preset.label or preset.name
+    class_name = type(pipe.scheduler).__name__
+    return _A1111_SAMPLERS.get(class_name, class_name)
