@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # known before parsing, so even argument errors can show where they came from
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # reported here so the hint names the subcommand whose --help lists the valid flags
+            where = f"depth2img {args.command}" if args.command else "depth2img"
+            raise CliError(f"unrecognized arguments: {' '.join(unknown)} (see: {where} --help)")
         if args.command is None:
             build_parser().print_help(sys.stderr)
             return 2
