@@ -249,3 +249,58 @@ def test_repo_id_loads_from_the_hub_cache_offline(tmp_path, toy, monkeypatch):
     (snapshot / "unet" / WEIGHTS).unlink()
     with pytest.raises(FileNotFoundError, match="no weights file in .*unet.*`hf download someone/toy-model`"):
         Toy.from_pretrained("someone/toy-model", subfolder="unet", cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- real models against the reference's files
+
+
+def _tiny_config(component: str) -> dict:
+    from depth2img.loading.random_model import architecture_folder
+
+    config = json.loads((architecture_folder("tiny") / component / "config.json").read_text())
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def _jitter(model: nn.Module) -> nn.Module:
+    """Random values everywhere (diffusers initialises biases and norms to constants that would hide swaps)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model.eval()
+
+
+def test_unet_folder_written_by_diffusers_loads(tmp_path, diffusers):
+    from depth2img.models import UNet2DConditionModel
+
+    reference = _jitter(diffusers.UNet2DConditionModel(**_tiny_config("unet")))
+    reference.save_pretrained(tmp_path / "unet")
+    ours = UNet2DConditionModel.from_pretrained(tmp_path, subfolder="unet")
+    sample, context = torch.randn(2, 5, 8, 12), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        expected = reference(sample, 10, context).sample
+        got = ours(sample, 10, context).sample
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_vae_folder_written_by_diffusers_loads(tmp_path, diffusers):
+    from depth2img.models import AutoencoderKL
+
+    reference = _jitter(diffusers.AutoencoderKL(**_tiny_config("vae")))
+    reference.save_pretrained(tmp_path / "vae", variant="fp16")
+    ours = AutoencoderKL.from_pretrained(tmp_path / "vae", variant="fp16")
+    image, latents = torch.randn(2, 3, 16, 24), torch.randn(2, 4, 4, 6)
+    with torch.no_grad():
+        mean_diff = reference.encode(image).latent_dist.mean - ours.encode(image).latent_dist.mean
+        decode_diff = reference.decode(latents).sample - ours.decode(latents).sample
+    assert mean_diff.abs().max().item() <= 1e-5 and decode_diff.abs().max().item() <= 1e-5
+
+
+def test_diffusers_loads_our_folder(tmp_path, diffusers):
+    from depth2img.models import UNet2DConditionModel
+
+    ours = _jitter(UNet2DConditionModel(**_tiny_config("unet")))
+    ours.save_pretrained(tmp_path / "unet")
+    reference = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "unet").eval()
+    sample, context = torch.randn(1, 5, 8, 8), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        assert torch.allclose(reference(sample, 3, context).sample, ours(sample, 3, context).sample, atol=1e-5)

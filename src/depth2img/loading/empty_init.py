@@ -52,13 +52,14 @@ def meta_parameter_names(module: nn.Module) -> list[str]:
 
 def materialize_parameters(
     module: nn.Module,
-    fill: Callable[[str, torch.Tensor], None],
+    fill: Callable[[nn.Module, str, torch.Tensor], None],
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Give every meta parameter real (uninitialised) storage on ``device``, then ``fill(name, tensor)`` it.
+    """Give every meta parameter real (uninitialised) storage on ``device``, then ``fill`` it in place.
 
-    ``fill`` receives the qualified parameter name and the new tensor and must write it in place. Parameters
+    ``fill(owner, name, tensor)`` receives the module owning the parameter, the parameter's qualified name and
+    the new tensor, and must write the tensor in place. Parameters
     that are already real are left untouched; shared (tied) parameters stay shared.
     """
     # id -> (meta parameter, its replacement); holding the meta one keeps its id from being reused meanwhile.
@@ -71,6 +72,6 @@ def materialize_parameters(
                 target_dtype = dtype if dtype is not None and param.dtype.is_floating_point else param.dtype
                 data = torch.empty(param.shape, dtype=target_dtype, device=device)
                 with torch.no_grad():
-                    fill(f"{owner_name}.{name}" if owner_name else name, data)
+                    fill(owner, f"{owner_name}.{name}" if owner_name else name, data)
                 done[id(param)] = (param, nn.Parameter(data, requires_grad=param.requires_grad))
             owner._parameters[name] = done[id(param)][1]
