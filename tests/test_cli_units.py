@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +145,9 @@ def test_png_carries_a1111_parameters_and_json_and_writes_atomically(tmp_path):
     path = tmp_path / "sub" / "out.png"
     write_png(path, Image.new("RGB", (8, 8), "red"), {PARAMETERS_KEY: text, JSON_KEY: json.dumps(record)})
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.png"]  # no temporary file left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # readable like any new file, not mkstemp's 0600
     with Image.open(path) as image:
         assert image.format == "PNG" and image.text[PARAMETERS_KEY] == text
     assert read_png_record(path) == record

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from .inputs import load_rgb
     from .pipeline_setup import load_pipeline
 
-    pipe = load_pipeline(source, dtype=dtype, offline=args.offline, quiet=True).to(device)
+    pipe = load_pipeline(source, dtype=dtype, offline=args.offline, quiet=True, depth_only=True).to(device)
     for number, (image_path, stem) in enumerate(zip(images, stems), start=1):
         if not args.quiet:
             print(f"depth2img: [{number}/{len(images)}] {image_path.name}", file=sys.stderr)

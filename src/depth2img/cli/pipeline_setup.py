@@ -70,11 +70,18 @@ def check_adapter_support(loras: list[tuple[str, float]], embeddings: list[tuple
                 raise CliError(f"{flag}: file not found: {path}")
 
 
-def load_pipeline(source: ModelSource, *, dtype: Any, offline: bool, quiet: bool) -> Any:
-    """Load the pipeline from ``source`` in ``dtype``; loading failures become one-line errors."""
+def load_pipeline(source: ModelSource, *, dtype: Any, offline: bool, quiet: bool, depth_only: bool = False) -> Any:
+    """Load the pipeline from ``source`` in ``dtype``; loading failures become one-line errors.
+
+    ``depth_only`` skips the UNet, VAE and text encoder of a folder or repo (``depth2img depth`` needs only
+    the estimator): nothing of theirs is read or downloaded.
+    """
+    from transformers.utils import logging as transformers_logging
+
     from ..loading.hub import ModelFilesNotFoundError
     from ..pipeline import Depth2ImgPipeline
 
+    transformers_logging.disable_progress_bar()  # per-tensor "Loading weights" bars: noise on a command line
     if offline:  # transformers components read this too
         os.environ["HF_HUB_OFFLINE"] = "1"
     # --low-memory (benchmarks issue) adds its keyword here: from_pretrained(..., low_memory=True).
@@ -83,7 +90,8 @@ def load_pipeline(source: ModelSource, *, dtype: Any, offline: bool, quiet: bool
         if source.kind == "file":
             pipe = Depth2ImgPipeline.from_single_file(source.location, **options)
         else:
-            pipe = Depth2ImgPipeline.from_pretrained(source.location, local_files_only=offline, **options)
+            skipped = dict.fromkeys(("unet", "vae", "text_encoder", "tokenizer")) if depth_only else {}
+            pipe = Depth2ImgPipeline.from_pretrained(source.location, local_files_only=offline, **options, **skipped)
     except ModelFilesNotFoundError as error:
         raise CliError(str(error), EXIT_FAILURE) from error
     except (OSError, ValueError, KeyError, RuntimeError) as error:
