@@ -20,7 +20,7 @@ from typing import Any
 
 from .utils.files import atomic_write_text
 
-__all__ = ["ConfigMixin", "FrozenConfig", "load_json"]
+__all__ = ["ConfigMixin", "FrozenConfig", "explicit_config", "load_json"]
 
 # Keys that describe a file rather than an architecture: never passed to __init__, never warned about.
 _META_KEYS = ("_class_name", "_diffusers_version", "_depth2img_version", "_name_or_path", "_use_default_values")
@@ -28,7 +28,14 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 class FrozenConfig(dict):
-    """A read-only ``dict`` whose keys are also attributes (``config.scaling_factor``)."""
+    """A read-only ``dict`` whose keys are also attributes (``config.scaling_factor``).
+
+    ``_defaulted`` names the keys whose values came from the class's defaults rather than from the caller.
+    """
+
+    def __init__(self, values: Any = (), defaulted: Any = ()) -> None:
+        super().__init__(values)
+        object.__setattr__(self, "_defaulted", frozenset(defaulted))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -43,7 +50,7 @@ class FrozenConfig(dict):
     pop = popitem = clear = update = setdefault = _readonly  # type: ignore[assignment]
 
     def __reduce__(self):  # keep pickling/deepcopy working despite the read-only methods
-        return (FrozenConfig, (dict(self),))
+        return (FrozenConfig, (dict(self), self._defaulted))
 
 
 def load_json(path: str | os.PathLike) -> dict:
@@ -90,13 +97,15 @@ class ConfigMixin:
             if type(self).__init__ is not init_and_record:
                 return
             bound = signature.bind(self, *args, **kw)
+            given = set(bound.arguments)
             bound.apply_defaults()
             values = {
                 name: value
                 for name, value in bound.arguments.items()
                 if name != "self" and signature.parameters[name].kind is not inspect.Parameter.VAR_KEYWORD
             }
-            object.__setattr__(self, "config", FrozenConfig(_json_ready(values)))
+            defaulted = [name for name in values if name not in given]
+            object.__setattr__(self, "config", FrozenConfig(_json_ready(values), defaulted))
 
         cls.__init__ = init_and_record  # type: ignore[method-assign]
 
@@ -116,7 +125,7 @@ class ConfigMixin:
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None = None, **overrides: Any):
         """Build an instance from a config mapping (e.g. another object's ``.config``) plus overrides."""
-        merged = dict(config or {})
+        merged = explicit_config(config)
         merged.update(overrides)
         return cls(**cls.extract_init_kwargs(merged))
 
@@ -133,6 +142,19 @@ class ConfigMixin:
         path = directory / self.config_name
         atomic_write_text(path, json.dumps(self.config_dict(), indent=2, sort_keys=False) + "\n")
         return path
+
+
+def explicit_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` without the keys its object took from its class's defaults (diffusers' ``_use_default_values``).
+
+    Those values are the source class's choices, not the checkpoint's, so another class built from the config
+    uses its own defaults for them, as in diffusers: ``EulerDiscreteScheduler.from_config(pndm.config)`` spaces
+    timesteps as Euler does, not as PNDM's default says.
+    """
+    if config is None:
+        return {}
+    skip = set(getattr(config, "_defaulted", ())) | set(config.get("_use_default_values", ()))
+    return {key: value for key, value in config.items() if key not in skip}
 
 
 def _json_ready(values: dict[str, Any]) -> dict[str, Any]:
