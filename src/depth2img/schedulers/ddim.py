@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..utils.random import randn_tensor
 from .base import AlphaBarScheduler, SchedulerOutput, dynamic_threshold
-from .sigmas import gaussian_noise, model_output_to_data, model_output_to_noise
+from .sigmas import model_output_to_data, model_output_to_noise
 
 __all__ = ["DDIMScheduler"]
 
@@ -119,7 +120,7 @@ class DDIMScheduler(AlphaBarScheduler):
         prev_sample = alpha_bar_prev**0.5 * x0 + (1 - alpha_bar_prev - sigma**2) ** 0.5 * eps
         if eta > 0:
             if variance_noise is None:
-                variance_noise = gaussian_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+                variance_noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             prev_sample = prev_sample + sigma * variance_noise
 
         if not return_dict:

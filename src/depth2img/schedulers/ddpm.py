@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..utils.random import randn_tensor
 from .base import AlphaBarScheduler, SchedulerOutput, dynamic_threshold
-from .sigmas import gaussian_noise, model_output_to_data
+from .sigmas import model_output_to_data
 
 __all__ = ["VARIANCE_TYPES", "DDPMScheduler"]
 
@@ -132,7 +133,7 @@ class DDPMScheduler(AlphaBarScheduler):
         sample_coeff = alpha**0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar)
         prev_sample = x0_coeff * x0 + sample_coeff * sample
         if t > 0:
-            noise = gaussian_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             prev_sample = prev_sample + self._posterior_std(alpha_bar, alpha_bar_prev, predicted_variance) * noise
 
         if not return_dict:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configuration import explicit_config
+
 __all__ = ["SCHEDULER_PRESETS", "SchedulerPreset", "get_scheduler", "resolve_scheduler_name", "scheduler_names"]
 
 
@@ -102,7 +104,8 @@ def get_scheduler(name: str, base_config: Mapping[str, Any] | Any = None, **over
 
     The base config's keys that the target class also takes (the training betas, ``num_train_timesteps``,
     ``steps_offset``, ``prediction_type``, …) are kept; the others are dropped silently, since they belong to
-    the checkpoint's own scheduler class. The preset's options, then ``overrides``, are applied on top.
+    the checkpoint's own scheduler class, and so are values the base scheduler only took from its defaults.
+    The preset's options, then ``overrides``, are applied on top.
     ``base_config`` may also be a scheduler (its ``.config`` is used).
     """
     from . import scheduler_class
@@ -117,7 +120,9 @@ def get_scheduler(name: str, base_config: Mapping[str, Any] | Any = None, **over
         base_config = getattr(base_config, "config", None)
         if not isinstance(base_config, Mapping):
             raise TypeError("base_config must be a scheduler config mapping or a scheduler")
-    config = {key: value for key, value in (base_config or {}).items() if key in accepted}
+    # Keys the base object only took from its class defaults are not the checkpoint's choice: leave them out
+    # so the target class uses its own defaults, as diffusers' from_config does (explicit_config).
+    config = {key: value for key, value in explicit_config(base_config).items() if key in accepted}
     config.update(preset.options)
     config.update(overrides)
     return cls.from_config(config)
