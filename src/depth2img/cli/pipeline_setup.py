@@ -55,6 +55,8 @@ def check_model(model: str, offline: bool) -> ModelSource:
 
 def check_adapter_support(loras: list[tuple[str, float]], embeddings: list[tuple[str, str | None]]) -> None:
     """Fail before loading when LoRA or embedding files are missing, or this version cannot load them."""
+    if not loras and not embeddings:
+        return
     from ..pipeline import Depth2ImgPipeline
 
     for flag, paths, method in (
