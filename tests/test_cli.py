@@ -24,9 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "-q"]
 
 
+# Child processes get one torch thread, as conftest gives this one: tiny models on a busy machine otherwise
+# spend their time in OpenMP waits.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("DEPTH2IMG_TEST_THREADS", "1")}
+
+
 def run_command(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "depth2img", *argv], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "depth2img", *argv], capture_output=True, text=True, env=env or CHILD_ENV, timeout=120
     )
 
 
@@ -158,7 +163,7 @@ def test_default_model_is_the_pipelines():
 
 
 def test_uncached_model_offline_is_one_line_with_the_download_command(tmp_path, photo):
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    env = {**CHILD_ENV, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
     done = run_command("generate", "-i", str(photo), "-p", "x", "-o", str(tmp_path / "out"), env=env)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
@@ -172,7 +177,7 @@ def test_ctrl_c_mid_batch_keeps_finished_images_and_exits_130(tiny_model, photo,
     command = [sys.executable, "-m", "depth2img", "generate", "-m", str(tiny_model), "-i", str(photo), "-p", "x"]
     process = subprocess.Popen(
         [*command, *FAST, "-n", "1000", "-s", "0", "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
     )  # fmt: skip
     deadline = time.monotonic() + 90
     while not list(out.glob("*.png")) and time.monotonic() < deadline and process.poll() is None:

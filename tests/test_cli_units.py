@@ -63,8 +63,10 @@ def test_bad_flag_values_are_one_line_usage_errors(capsys, photo, flags, message
 
 
 def test_bad_inputs_are_found_before_any_model_is_loaded(capsys, tmp_path, photo):
-    # Each of these fails while checking arguments: the model named here does not exist anywhere.
-    model = ["-m", str(tmp_path / "no-model-here"), "-q"]
+    # Each of these fails while checking arguments: the model named here is an empty stand-in that cannot load.
+    (tmp_path / "fake-model").mkdir()
+    (tmp_path / "fake-model" / "model_index.json").write_text("{}")
+    model = ["-m", str(tmp_path / "fake-model"), "-q"]
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not an image")
     tiny = tmp_path / "tiny.png"

@@ -180,7 +180,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
-    from .devices import dtype_name, resolve_dtype
     from .inputs import load_depth_map
     from .outputs import OutputNamer
     from .pipeline_setup import check_adapter_support, check_model
@@ -205,12 +204,14 @@ def _plan(args: argparse.Namespace) -> _Plan:
     check_adapter_support(settings.loras, settings.embeddings)
     namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
     namer.prepare()
-    device = _device(settings)
-    dtype = resolve_dtype(settings.dtype, device)
-    settings.device, settings.dtype = str(device), dtype_name(dtype)
     source = check_model(settings.model, args.offline)
     if source.kind != "repo":
         settings.model = source.location
+    from .devices import dtype_name, resolve_dtype  # imports torch: after the cheap checks
+
+    device = _device(settings)
+    dtype = resolve_dtype(settings.dtype, device)
+    settings.device, settings.dtype = str(device), dtype_name(dtype)
     if settings.seed < 0 and not args.quiet:
         print(f"depth2img: random seed {seed}", file=sys.stderr)
     return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source)
