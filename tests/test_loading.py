@@ -190,7 +190,7 @@ def test_corrupt_safetensors_names_the_file(tmp_path, toy, corrupt):
 
 def test_wrong_class_and_invalid_config(tmp_path, toy):
     folder = toy.save_pretrained(tmp_path / "toy")
-    with pytest.raises(ValueError, match="describes a Toy, not a Other"):
+    with pytest.raises(ValueError, match="describes class Toy, not Other: is this the right subfolder"):
         Other.from_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "width": 3}))
@@ -293,6 +293,19 @@ def test_vae_folder_written_by_diffusers_loads(tmp_path, diffusers):
         mean_diff = reference.encode(image).latent_dist.mean - ours.encode(image).latent_dist.mean
         decode_diff = reference.decode(latents).sample - ours.decode(latents).sample
     assert mean_diff.abs().max().item() <= 1e-5 and decode_diff.abs().max().item() <= 1e-5
+
+
+def test_real_models_reject_wrong_folders_and_bad_configs(tmp_path):
+    from depth2img.models import AutoencoderKL, UNet2DConditionModel
+
+    AutoencoderKL(**_tiny_config("vae")).save_pretrained(tmp_path / "vae")
+    with pytest.raises(ValueError, match="vae/config.json describes class AutoencoderKL, not UNet2DConditionModel"):
+        UNet2DConditionModel.from_pretrained(tmp_path, subfolder="vae")
+    config = {**_tiny_config("unet"), "down_block_types": ["FancyDownBlock2D", "DownBlock2D"]}
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unet/config.json does not describe a valid UNet2DConditionModel: .*Fancy"):
+        UNet2DConditionModel.from_pretrained(tmp_path / "unet")
 
 
 def test_diffusers_loads_our_folder(tmp_path, diffusers):

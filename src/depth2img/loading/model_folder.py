@@ -72,15 +72,14 @@ def load_model(
     config_path = folder / cls.config_name
     config = load_json(config_path)
     _check_class(cls, config, config_path)
+    with parameters_on_meta():  # cheap: a bad config is reported even when the weights are missing
+        model = _build(cls, config, config_path)
     try:
         files = find_weights_files(folder, cls.weights_name, variant, use_safetensors)
     except FileNotFoundError as error:
         if is_local_folder(name_or_path):
             raise
         raise FileNotFoundError(f"{error}; {download_hint(str(name_or_path))}") from None
-
-    with parameters_on_meta():
-        model = _build(cls, config, config_path)
     state_dict = read_weights(files)
     source = files[0] if len(files) == 1 else files[0].parent
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
@@ -130,7 +129,7 @@ def _check_class(cls: type[ModelMixin], config: dict, config_path: Path) -> None
     name = config.get("_class_name")
     accepted = {cls.__name__, *getattr(cls, "config_class_names", ())}
     if name is not None and name not in accepted:
-        raise ValueError(f"{config_path} describes a {name}, not a {cls.__name__}: is this the right subfolder?")
+        raise ValueError(f"{config_path} describes class {name}, not {cls.__name__}: is this the right subfolder?")
 
 
 def _build(cls: type[ModelMixin], config: dict, config_path: Path) -> ModelMixin:
