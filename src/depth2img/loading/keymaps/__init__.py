@@ -82,14 +82,19 @@ def convert_state_dict(
     """
     converted: dict[str, torch.Tensor] = {}
     used: set[str] = set()
+    fused: dict[str, torch.Tensor] = {}  # read once: q, k and v stay views of one tensor (a lazy reader copies)
     missing, wrong_shape = [], []
     for name, source in original_keys(keymap, list(expected)).items():
         if source.key not in checkpoint:
             missing.append(f"{source.key} (for {name})")
             continue
         used.add(source.key)
-        tensor = checkpoint[source.key]
-        if source.chunks > 1:
+        if source.chunks == 1:
+            tensor = checkpoint[source.key]
+        else:
+            if source.key not in fused:
+                fused[source.key] = checkpoint[source.key]
+            tensor = fused[source.key]
             if tensor.shape[0] % source.chunks:
                 wrong_shape.append(f"{source.key} {tuple(tensor.shape)} cannot be split in {source.chunks}")
                 continue
