@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..configuration import explicit_config
 from .base import SchedulerOutput
 from .sigmas import (
     FINAL_SIGMAS_TYPES,
@@ -106,7 +107,7 @@ class DPMSolverMultistepScheduler(SigmaSchedulerMixin):
         """Build from a config mapping plus overrides. A DEIS or UniPC config's ``algorithm_type``/``solver_type``
         become this solver's nearest equivalents (as diffusers does), so switching schedulers with
         ``from_config(pipe.scheduler.config)`` works; explicit overrides are taken as given."""
-        config = dict(config or {})
+        config = explicit_config(config)
         for key, mapping in _FROM_SIBLING_CONFIG.items():
             if config.get(key) in mapping:
                 config[key] = mapping[config[key]]
@@ -188,7 +189,11 @@ class DPMSolverMultistepScheduler(SigmaSchedulerMixin):
             else:
                 noise = variance_noise.to(device=model_output.device, dtype=torch.float32)
 
-        if config.solver_order == 1 or self.lower_order_nums < 1 or final_first_order:
+        if self.sigmas[i + 1] == self.sigmas[i]:
+            # A zero-length step (Karras σ_min followed by final_sigmas_type="sigma_min"): every update is the
+            # identity in the limit h → 0, but the heun and third-order weights evaluate 0/0 (NaN in diffusers).
+            prev_sample = sample
+        elif config.solver_order == 1 or self.lower_order_nums < 1 or final_first_order:
             prev_sample = self._first_order_update(sample, converted, noise)
         elif config.solver_order == 2 or self.lower_order_nums < 2 or final_second_order:
             prev_sample = self._second_order_update(sample, noise)

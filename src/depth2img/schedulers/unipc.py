@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..configuration import explicit_config
 from .base import SchedulerOutput
 from .sigmas import (
     FINAL_SIGMAS_TYPES,
@@ -95,7 +96,7 @@ class UniPCMultistepScheduler(SigmaSchedulerMixin):
         """Build from a config mapping plus overrides; a DPM-Solver or DEIS config's ``solver_type`` becomes bh2
         (as diffusers does), so ``from_config(pipe.scheduler.config)`` switches solvers. Overrides are kept as given.
         """
-        config = dict(config or {})
+        config = explicit_config(config)
         if config.get("solver_type") in _SIBLING_SOLVER_TYPES:
             config["solver_type"] = "bh2"
         return super().from_config(config, **overrides)
@@ -159,9 +160,14 @@ class UniPCMultistepScheduler(SigmaSchedulerMixin):
 
         self.model_outputs = [*self.model_outputs[1:], converted]
         order = min(config.solver_order, len(self.timesteps) - i) if config.lower_order_final else config.solver_order
+        if self.sigmas[i + 1] == 0:
+            # Into σ = 0 (λ = ∞) the divided differences get weight ∞: only the first-order step is finite there
+            # (DPM-Solver's rule; diffusers returns NaN with lower_order_final=False).
+            order = 1
         self.this_order = min(order, self.lower_order_nums + 1)
         self.last_sample = sample
-        prev_sample = self._unip_predictor(sample, self.this_order)
+        zero_length = self.sigmas[i + 1] == self.sigmas[i]  # Karras σ_min then "sigma_min": the identity
+        prev_sample = sample if zero_length else self._unip_predictor(sample, self.this_order)
         self.lower_order_nums = min(self.lower_order_nums + 1, config.solver_order)
 
         self._step_index += 1
