@@ -188,7 +188,8 @@ class Transformer2DModel(nn.Module):
         if self.use_linear_projection:
             h = self.proj_out(h).reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         else:
-            h = self.proj_out(h.reshape(batch, height, width, -1).permute(0, 3, 1, 2))
+            # Contiguous NCHW into the conv, as the reference does: same kernel, same rounding.
+            h = self.proj_out(h.reshape(batch, height, width, -1).permute(0, 3, 1, 2).contiguous())
         # x first: the sum then takes x's (contiguous NCHW) memory layout rather than the permuted view's.
         return x + h
 
