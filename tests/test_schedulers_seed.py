@@ -366,6 +366,8 @@ def test_class_specific_errors():
     with pytest.raises(ValueError, match="needs a model output with twice the sample's 4 channels"):
         ddpm.step(sample, ddpm.timesteps[0], sample)
     ddim = schedulers.DDIMScheduler()
+    with pytest.raises(ValueError, match=r"add_noise timesteps must lie in 0\.\.999, got \[1000\]"):
+        ddim.add_noise(sample, sample, torch.tensor([1000]))
     ddim.set_timesteps(5)
     with pytest.raises(ValueError, match="pass either generator or variance_noise"):
         ddim.step(sample, ddim.timesteps[0], sample, eta=1.0, generator=torch.Generator(), variance_noise=sample)

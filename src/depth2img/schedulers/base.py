@@ -344,6 +344,10 @@ class AlphaBarScheduler(SchedulerMixin):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε at each item's ``timesteps`` (the forward process, Ho et al. eq. 4)."""
+        timesteps = torch.as_tensor(timesteps)
+        total = len(self.alphas_cumprod)
+        if timesteps.numel() and not (int(timesteps.min()) >= 0 and int(timesteps.max()) < total):
+            raise ValueError(f"add_noise timesteps must lie in 0..{total - 1}, got {timesteps.tolist()}")
         return forward_diffuse(original_samples, noise, self.alphas_cumprod, timesteps)
 
     def _integer_timesteps(self, num_inference_steps: int) -> np.ndarray:
