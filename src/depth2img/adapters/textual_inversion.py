@@ -126,10 +126,10 @@ def unload_textual_inversion(
     else:
         wanted = [tokens] if isinstance(tokens, str) else list(tokens)
         encoder = {content: i for i, content in added.items()}
-        removed = {encoder[t]: t for w in wanted for t in _vector_tokens_present(w, encoder)}
         missing = [w for w in wanted if w not in encoder]
         if missing:
             raise ValueError(f"token(s) {missing} were not added to this tokenizer; added: {sorted(encoder)}")
+        removed = {encoder[t]: t for w in wanted for t in _vector_tokens_present(w, encoder)}
     if not removed:
         return []
     _remove_added_tokens(tokenizer, set(removed))
@@ -242,7 +242,7 @@ def _set_embedding_rows(text_encoder: nn.Module, ids: list[int], vectors: torch.
     rows = max(old.shape[0], max(ids) + 1)
     weight = torch.zeros(rows, old.shape[1], dtype=old.dtype, device=old.device)
     weight[: old.shape[0]] = old
-    weight[ids] = vectors.to(old.dtype, old.device)
+    weight[ids] = vectors.to(device=old.device, dtype=old.dtype)
     _replace_embeddings(text_encoder, embeddings, weight)
 
 
