@@ -405,6 +405,24 @@ def test_open_clip_leaves_only_the_listed_keys_unused(tiny, tiny_original):
     assert all(keymap.unused(key) for key in left)
 
 
+def test_a_fused_qkv_tensor_is_read_once(tiny, tiny_original):
+    reads: dict[str, int] = {}
+
+    class CountingCheckpoint(dict):
+        def __getitem__(self, key):
+            reads[key] = reads.get(key, 0) + 1
+            return super().__getitem__(key)
+
+    model = tiny["text_encoder"]
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    converted = convert_state_dict(
+        CountingCheckpoint(tiny_original), open_clip.keymap(model.config.to_dict()), expected, "tiny"
+    )
+    assert reads and max(reads.values()) == 1
+    q, v = converted["encoder.layers.0.self_attn.q_proj.weight"], converted["encoder.layers.0.self_attn.v_proj.weight"]
+    assert q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()  # views of one tensor, no copies
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Loading the components from a file
 
@@ -455,6 +473,25 @@ def test_loads_every_component_equal_to_the_source(tmp_path, tiny, tiny_original
         assert (_outputs(name, ours) - _outputs(name, model)).abs().max() <= 1e-6, name
     assert type(loaded["scheduler"]).__name__ == "PNDMScheduler"
     assert loaded["tokenizer"]("a photo").input_ids[0] == loaded["tokenizer"].bos_token_id
+
+
+def test_pipeline_from_single_file_gives_the_images_of_the_folder_loaded_one(tmp_path, tiny, tiny_original):
+    import numpy as np
+    import PIL.Image
+
+    from depth2img.pipeline import Depth2ImgPipeline
+
+    others = {name: random_component(name, "tiny") for name in ("tokenizer", "scheduler", "feature_extractor")}
+    Depth2ImgPipeline(**tiny, **others).save_pretrained(tmp_path / "folder")
+    from_folder = Depth2ImgPipeline.from_pretrained(tmp_path / "folder", local_files_only=True)
+    from_file = Depth2ImgPipeline.from_single_file(_write(tmp_path / "tiny.ckpt", tiny_original), config="tiny")
+    assert isinstance(from_file, Depth2ImgPipeline)
+    pixels = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype("uint8")
+    call = {"prompt": "a red house", "image": PIL.Image.fromarray(pixels), "num_inference_steps": 3, "strength": 0.7}
+    expected = from_folder(**call, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = from_file(**call, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert expected.std() > 0.01  # a real image, not a constant
+    assert np.abs(images - expected).max() <= 1e-6
 
 
 def test_torch_dtype_casts_the_models(tmp_path, tiny_original):

@@ -205,6 +205,29 @@ class Depth2ImgPipeline:
             **component_overrides,
         )
 
+    # --- single-file checkpoints: implemented in depth2img/loading/single_file.py ---
+    @classmethod
+    def from_single_file(
+        cls,
+        path: str | os.PathLike,
+        torch_dtype: torch.dtype | str | None = None,
+        config: str | os.PathLike | None = None,
+        **component_overrides: Any,
+    ) -> Depth2ImgPipeline:
+        """Load an original SD2-depth checkpoint (``512-depth-ema.ckpt`` / ``.safetensors``), offline.
+
+        The file's format is read from its content; ``.ckpt`` is read with ``torch.load(weights_only=True)``.
+        The architecture comes from ``config``: ``"sd2-depth"`` (default, the published configs shipped with
+        the package), ``"tiny"`` or a folder in the same layout. A checkpoint of another kind (e.g. SD1.x/SD2.x
+        text-to-image, inpainting) is refused with an error saying what it is. Keyword arguments named like
+        components are used as given instead of being built. See docs/single-file.md.
+        """
+        from .loading.single_file import load_single_file
+
+        return load_single_file(cls, path, torch_dtype=torch_dtype, config=config, **component_overrides)
+
+    # --- end of single-file checkpoints ---
+
     def save_pretrained(self, save_directory: str | os.PathLike, variant: str | None = None) -> None:
         """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component)."""
         from .loading.pipeline_folder import save_pipeline
