@@ -29,6 +29,8 @@ class ModelSource:
 
 def check_model(model: str, offline: bool) -> ModelSource:
     """Classify ``--model`` and fail early when it cannot be used (missing path; offline and not cached)."""
+    if offline:  # --offline is HF_HUB_OFFLINE=1, for our loaders and transformers' alike
+        os.environ["HF_HUB_OFFLINE"] = "1"
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -45,12 +47,27 @@ def check_model(model: str, offline: bool) -> ModelSource:
         raise CliError(f"--model: {model} not found (not a folder, a checkpoint file or a Hub repo id owner/name)")
     from ..loading.hub import ModelFilesNotFoundError, hub_offline, resolve_folder
 
-    if offline or hub_offline():
+    if hub_offline():
         try:  # only the index: enough to know whether the snapshot is cached, costs no download
-            resolve_folder(model, allow_patterns=["model_index.json"], local_files_only=True)
+            resolve_folder(model, allow_patterns=["model_index.json"])
         except (ModelFilesNotFoundError, FileNotFoundError) as error:
-            raise CliError(f"--model: {error}", EXIT_FAILURE) from None
+            if not _cached_under_new_id(model):
+                raise CliError(f"--model: {error}", EXIT_FAILURE) from None
     return ModelSource("repo", model)
+
+
+def _cached_under_new_id(model: str) -> bool:
+    """Whether a moved checkpoint's old repo id (stabilityai/...) is cached under its new id, which loading uses."""
+    from ..loading.hub import ModelFilesNotFoundError, resolve_folder
+    from ..loading.pipeline_folder import LEGACY_REPO_IDS
+
+    if model not in LEGACY_REPO_IDS:
+        return False
+    try:
+        resolve_folder(LEGACY_REPO_IDS[model], allow_patterns=["model_index.json"])
+    except (ModelFilesNotFoundError, FileNotFoundError):
+        return False
+    return True
 
 
 def check_adapter_support(loras: list[tuple[str, float]], embeddings: list[tuple[str, str | None]]) -> None:
@@ -84,8 +101,6 @@ def load_pipeline(source: ModelSource, *, dtype: Any, offline: bool, quiet: bool
     from ..pipeline import Depth2ImgPipeline
 
     transformers_logging.disable_progress_bar()  # per-tensor "Loading weights" bars: noise on a command line
-    if offline:  # transformers components read this too
-        os.environ["HF_HUB_OFFLINE"] = "1"
     # --low-memory (benchmarks issue) adds its keyword here: from_pretrained(..., low_memory=True).
     options: dict[str, Any] = {"torch_dtype": dtype}
     try:
