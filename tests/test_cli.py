@@ -139,6 +139,18 @@ def test_depth_command_then_generate_with_that_depth_map(capsys, tiny_model, pho
     assert record(out)["scheduler"] == "euler-a" and record(out)["depth_map"] == str(tmp_path / "d.png")
 
 
+def test_unusable_checkpoint_file_is_a_one_line_load_error(capsys, photo, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "sd-text2img.safetensors"  # a 4-channel (text-to-image) UNet: not a depth model
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(checkpoint))
+    status = main(["generate", "-m", str(checkpoint), "-i", str(photo), "-p", "x", "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and len(err.splitlines()) == 1
+    assert err.startswith(f"depth2img: error: cannot load model {checkpoint}: ") and "not a depth model" in err
+
+
 def test_info(capsys):
     import huggingface_hub.constants
     import torch

@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         loras=settings.loras,
         embeddings=settings.embeddings,
     )
+    if settings.seed < 0 and not args.quiet:
+        print(f"depth2img: random seed {plan.seed}", file=sys.stderr)
     written: list[Path] = []
     try:
         _generate(pipe, plan, args, written)
@@ -212,8 +214,6 @@ def _plan(args: argparse.Namespace) -> _Plan:
     device = _device(settings)
     dtype = resolve_dtype(settings.dtype, device)
     settings.device, settings.dtype = str(device), dtype_name(dtype)
-    if settings.seed < 0 and not args.quiet:
-        print(f"depth2img: random seed {seed}", file=sys.stderr)
     return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source)
 
 
