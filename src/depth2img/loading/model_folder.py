@@ -17,6 +17,7 @@ import torch
 from ..configuration import load_json
 from .empty_init import meta_parameter_names, parameters_on_meta
 from .hub import download_hint, is_local_folder, resolve_folder
+from .legacy_keys import rename_legacy_attention_keys
 from .weights import (
     InvalidWeightsError,
     check_state_dict,
@@ -80,9 +81,9 @@ def load_model(
         if is_local_folder(name_or_path):
             raise
         raise FileNotFoundError(f"{error}; {download_hint(str(name_or_path))}") from None
-    state_dict = read_weights(files)
     source = files[0] if len(files) == 1 else files[0].parent
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    state_dict = rename_legacy_attention_keys(read_weights(files), expected.keys())
     check_state_dict(expected, state_dict, source, cls.__name__)
     _assign(model, state_dict, dtype)
     left = meta_parameter_names(model)
