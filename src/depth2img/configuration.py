@@ -67,7 +67,7 @@ def load_json(path: str | os.PathLike) -> dict:
     return data
 
 
-def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+def init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     params = inspect.signature(cls.__init__).parameters
     return {name: p for name, p in params.items() if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
@@ -110,24 +110,42 @@ class ConfigMixin:
         cls.__init__ = init_and_record  # type: ignore[method-assign]
 
     @classmethod
+    def compatible_config_keys(cls) -> frozenset[str]:
+        """Keys of sibling classes that may share a config file with this one (see ``from_config``)."""
+        return frozenset()
+
+    @classmethod
     def extract_init_kwargs(cls, config: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
-        """Split ``config`` into the keys ``__init__`` accepts; warn once about the others."""
-        known = _init_parameters(cls)
+        """Split ``config`` into the keys ``__init__`` accepts; warn once about keys no compatible class knows."""
+        known = init_parameters(cls)
+        siblings = cls.compatible_config_keys()
         kwargs = {}
         for key, value in config.items():
             if key in known:
                 kwargs[key] = value
-            elif not key.startswith("_") and (cls.__name__, key) not in _WARNED:
+            elif not key.startswith("_") and key not in siblings and (cls.__name__, key) not in _WARNED:
                 _WARNED.add((cls.__name__, key))
                 warnings.warn(f"{cls.__name__}: ignoring unknown key {key!r} in {source}", UserWarning, stacklevel=3)
         return kwargs
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None = None, **overrides: Any):
-        """Build an instance from a config mapping (e.g. another object's ``.config``) plus overrides."""
+        """Build an instance from a config mapping (e.g. another object's ``.config``) plus overrides.
+
+        Keys this class does not take but a compatible class does (PNDM's config carries ``clip_sample`` for
+        DDIM) are kept in the new object's ``.config`` without being used, as diffusers keeps them, so that
+        ``DDIMScheduler.from_config(pipe.scheduler.config)`` still sees the checkpoint's ``clip_sample=False``.
+        """
         merged = explicit_config(config)
         merged.update(overrides)
-        return cls(**cls.extract_init_kwargs(merged))
+        kwargs = cls.extract_init_kwargs(merged)
+        instance = cls(**kwargs)
+        siblings = cls.compatible_config_keys()
+        carried = {key: value for key, value in merged.items() if key not in kwargs and key in siblings}
+        if carried:
+            own = instance.config
+            object.__setattr__(instance, "config", FrozenConfig({**own, **_json_ready(carried)}, own._defaulted))
+        return instance
 
     def config_dict(self) -> dict[str, Any]:
         """The config as written to disk: class name and version first, then the constructor keys."""

@@ -8,6 +8,7 @@ Schedulers keep the diffusers interface (``set_timesteps``, ``timesteps``, ``ste
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..configuration import ConfigMixin, load_json
+from ..configuration import ConfigMixin, init_parameters, load_json
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -181,6 +182,13 @@ class SchedulerMixin(ConfigMixin):
 
     timesteps: torch.Tensor | None = None
     num_inference_steps: int | None = None
+
+    @classmethod
+    def compatible_config_keys(cls) -> frozenset[str]:
+        """Every key some scheduler of this package takes: a checkpoint's scheduler config may be read by any
+        of them (``EulerDiscreteScheduler.from_config(pndm.config)``), so these are not "unknown" keys."""
+        return _all_scheduler_keys()
+
     _timestep_set: frozenset[float] = frozenset()
     _step_index: int | None = None
     _begin_index: int | None = None
@@ -355,3 +363,10 @@ class AlphaBarScheduler(SchedulerMixin):
         return spaced_timesteps(
             num_inference_steps, config.num_train_timesteps, config.timestep_spacing, config.steps_offset
         )
+
+
+@functools.cache
+def _all_scheduler_keys() -> frozenset[str]:
+    from . import SCHEDULER_MODULES, scheduler_class
+
+    return frozenset(key for name in SCHEDULER_MODULES for key in init_parameters(scheduler_class(name)))
