@@ -23,6 +23,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from .adapters import LoraLoaderMixin, TextualInversionLoaderMixin
 from .depth import depth_map_to_tensor, estimate_depth, normalize_depth
 from .images import (
     LATENT_CHANNELS,
@@ -91,7 +92,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-class Depth2ImgPipeline:
+class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins: adapters (depth2img/adapters)
     """Stable Diffusion 2 depth image-to-image.
 
     Components: ``vae`` (AutoencoderKL), ``text_encoder`` (transformers ``CLIPTextModel``), ``tokenizer``
@@ -329,20 +330,27 @@ class Depth2ImgPipeline:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode prompts into (prompt_embeds, negative_prompt_embeds), repeated per image; see
         ``depth2img.text.encode_prompt``. ``clip_skip=1`` uses the penultimate layer's output."""
-        return encode_prompt(
-            self.tokenizer,
-            self.text_encoder,
-            prompt,
-            device,
-            num_images_per_prompt,
-            do_classifier_free_guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=lora_scale,
-            clip_skip=clip_skip,
-            fallback_dtype=self.unet.dtype if self.unet is not None else None,
-        )
+        # --- adapters (depth2img/adapters): multi-vector textual inversion tokens, text encoder LoRA scale ---
+        if prompt is not None and prompt_embeds is None:
+            prompt = self.maybe_convert_prompt(prompt, self.tokenizer)
+        if negative_prompt is not None and negative_prompt_embeds is None:
+            negative_prompt = self.maybe_convert_prompt(negative_prompt, self.tokenizer)
+        with self.text_encoder_lora_scale(lora_scale):
+            # --- end of adapters ---
+            return encode_prompt(
+                self.tokenizer,
+                self.text_encoder,
+                prompt,
+                device,
+                num_images_per_prompt,
+                do_classifier_free_guidance,
+                negative_prompt=negative_prompt,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                lora_scale=lora_scale,
+                clip_skip=clip_skip,
+                fallback_dtype=self.unet.dtype if self.unet is not None else None,
+            )
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device: torch.device) -> tuple[Any, int]:
         """The scheduler's timesteps from the one ``strength`` starts at, and how many steps remain."""
