@@ -1,9 +1,9 @@
 """Tiny random-weight SD2-depth components for the pipeline tests (shared by tests/test_pipeline_*.py).
 
-The reference pipeline is diffusers' ``StableDiffusionDepth2ImgPipeline`` built from diffusers' UNet/VAE/PNDM
-(from our tiny configs), a tiny transformers CLIP text encoder with a byte-level tokenizer written here, and a
-tiny DPT-hybrid depth estimator (BiT backbone + ViT, like the published one). diffusers saves it; our
-``Depth2ImgPipeline.from_pretrained`` loads that folder with our UNet, VAE and schedulers.
+The reference pipeline is diffusers' ``StableDiffusionDepth2ImgPipeline`` built from the package's tiny configs
+(``configs/tiny``: diffusers' UNet/VAE/PNDM, a 4-layer CLIP text encoder with a 1000-token CLIP BPE, a tiny
+DPT-hybrid depth estimator with a BiT backbone like the published one). diffusers saves it; our
+``Depth2ImgPipeline.from_pretrained`` loads that folder with our UNet, VAE, schedulers and DPT preprocessing.
 """
 
 from __future__ import annotations
@@ -20,108 +20,34 @@ import PIL.Image
 import torch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "depth2img" / "configs"
-PROMPT_LENGTH = 16  # tokens; short keeps the text encoder trivial
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte → printable-character map (every byte gets a visible stand-in)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
-def write_tokenizer_files(folder: Path) -> Path:
-    """A CLIP tokenizer with only byte-level tokens (no merges): 514 tokens, so each character is a token."""
-    units = list(_bytes_to_unicode().values())
-    vocab = [*units, *(u + "</w>" for u in units), "<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return folder
-
-
-def build_reference(tmp: Path):
-    """diffusers' depth2img pipeline from tiny random components (deterministic weights)."""
+def build_reference():
+    """diffusers' depth2img pipeline from the package's tiny configs, with each library's default random
+    initialisation (seeded): outputs then depend strongly on prompt, depth and seed, which keeps the parity
+    checks sharp."""
     import diffusers
-    from transformers import (
-        BitConfig,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTokenizer,
-        DPTConfig,
-        DPTForDepthEstimation,
-        DPTImageProcessorPil,
-    )
+    import transformers
 
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel.from_config(json.loads((CONFIGS / "tiny/unet/config.json").read_text()))
-    vae = diffusers.AutoencoderKL.from_config(json.loads((CONFIGS / "tiny/vae/config.json").read_text()))
-    scheduler_config = json.loads((CONFIGS / "sd2-depth/scheduler/scheduler_config.json").read_text())
-    scheduler = diffusers.PNDMScheduler.from_config(scheduler_config)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=514,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=PROMPT_LENGTH,
-            projection_dim=32,
-            hidden_act="gelu",
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-        )
-    ).eval()
-    tokenizer = CLIPTokenizer(
-        str(write_tokenizer_files(tmp / "vocab") / "vocab.json"),
-        str(tmp / "vocab" / "merges.txt"),
-        model_max_length=PROMPT_LENGTH,
+    tiny = CONFIGS / "tiny"
+    unet = diffusers.UNet2DConditionModel.from_config(json.loads((tiny / "unet/config.json").read_text()))
+    vae = diffusers.AutoencoderKL.from_config(json.loads((tiny / "vae/config.json").read_text()))
+    scheduler = diffusers.PNDMScheduler.from_config(json.loads((tiny / "scheduler/scheduler_config.json").read_text()))
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(tiny / "text_encoder"))
+    depth_estimator = transformers.DPTForDepthEstimation(
+        transformers.DPTConfig.from_pretrained(tiny / "depth_estimator")
     )
-    backbone = BitConfig(
-        global_padding="same",
-        layer_type="bottleneck",
-        depths=[1, 1, 1],
-        out_features=["stage1", "stage2", "stage3"],
-        embedding_dynamic_padding=True,
-        hidden_sizes=[16, 32, 64, 128],
-        embedding_size=8,
-        num_groups=2,
-    )
-    depth_estimator = DPTForDepthEstimation(
-        DPTConfig(
-            image_size=32,
-            patch_size=16,
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=37,
-            backbone_out_indices=[0, 1, 2, 3],
-            is_hybrid=True,
-            backbone_config=backbone,
-            backbone_featmap_shape=[1, 64, 2, 2],
-            neck_hidden_sizes=[16, 32, 32, 32],
-            fusion_hidden_size=16,
-            reassemble_factors=[1, 1, 1, 0.5],
-            readout_type="project",
-        )
-    ).eval()
-    feature_extractor = DPTImageProcessorPil(
-        size={"height": 32, "width": 32}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(tiny / "tokenizer")
+    processor_cls = getattr(transformers, "DPTImageProcessorPil", None) or transformers.DPTImageProcessor
+    feature_extractor = processor_cls.from_pretrained(tiny / "feature_extractor")
     pipe = diffusers.StableDiffusionDepth2ImgPipeline(
         vae=vae,
-        text_encoder=text_encoder,
+        text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        depth_estimator=depth_estimator,
+        depth_estimator=depth_estimator.eval(),
         feature_extractor=feature_extractor,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -136,7 +62,7 @@ def tiny_folder() -> Path:
     require("diffusers")
     root = Path(tempfile.mkdtemp(prefix="depth2img-tiny-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    build_reference(root).save_pretrained(root / "pipeline")
+    build_reference().save_pretrained(root / "pipeline")
     return root / "pipeline"
 
 

@@ -149,7 +149,7 @@ def images_to_tensor(batch: ImageBatch, multiple: int) -> torch.Tensor:
         if pixels.dtype == torch.uint8:
             pixels = pixels.float() / 255.0
     if pixels.shape[1] == 1:  # grayscale: the VAE wants RGB
-        pixels = pixels.expand(-1, 3, -1, -1)
+        pixels = pixels.repeat(1, 3, 1, 1)
     if (height, width) != (batch.height, batch.width):
         pixels = torch.nn.functional.interpolate(pixels, size=(height, width))  # nearest, as the reference
     if pixels.min() < 0:  # already in [-1, 1]
