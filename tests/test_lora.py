@@ -503,3 +503,49 @@ def test_bad_arguments_get_one_clear_error(base):
         ours.delete_adapters("a")
     with pytest.raises(ValueError, match="pass at least one"):
         Host.save_lora_weights("unused")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end: Depth2ImgPipeline against diffusers' StableDiffusionDepth2ImgPipeline with the same LoRA
+
+
+def _pipelines():
+    from pipeline_tiny import load_ours, load_reference, tiny_folder
+
+    folder = tiny_folder()
+    return load_reference(folder), load_ours(folder)
+
+
+def _images(pipe, scale=None):
+    from pipeline_tiny import random_pil, seeded
+
+    kwargs = None if scale is None else {"scale": scale}
+    return pipe(
+        "a red house",
+        image=random_pil(),
+        num_inference_steps=2,
+        generator=seeded(0),
+        output_type="np",
+        cross_attention_kwargs=kwargs,
+    ).images
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_pipeline_images_match_reference_with_a_diffusers_lora(diffusers, tmp_path, scale):
+    reference, ours = _pipelines()
+    plain = _images(ours, scale)
+    path = _diffusers_lora_file(diffusers, (reference.unet, reference.text_encoder), tmp_path)
+    reference.load_lora_weights(str(path))
+    ours.load_lora_weights(path)
+    expected, actual = _images(reference, scale), _images(ours, scale)
+    assert max_diff(torch.from_numpy(actual), torch.from_numpy(expected)) <= 1e-4
+    assert max_diff(torch.from_numpy(actual), torch.from_numpy(plain)) > 1e-3
+
+
+def test_pipeline_saved_lora_loads_in_diffusers_with_the_same_images(diffusers, tmp_path):
+    reference, ours = _pipelines()
+    ours.load_lora_weights(_kohya_file(reference.unet, reference.text_encoder, {"*": 1.0}), adapter_name="kohya")
+    ours.save_lora_weights(tmp_path, **ours.get_lora_state_dict())
+    reference.load_lora_weights(str(tmp_path))
+    expected, actual = _images(reference, 0.5), _images(ours, 0.5)
+    assert max_diff(torch.from_numpy(actual), torch.from_numpy(expected)) <= 1e-4

@@ -209,3 +209,28 @@ def test_loading_a_token_twice_and_unsafe_pickles_are_refused(components, tmp_pa
         ours.load_textual_inversion(str(tmp_path))
     with pytest.raises(ValueError, match="needs a tokenizer and a text_encoder"):
         Host(None, nn.Linear(1, 1)).load_textual_inversion({"<z>": _vectors(1, 0)})
+
+
+def test_pipeline_prompts_with_tokens_match_reference(diffusers, tmp_path):
+    """End to end: Depth2ImgPipeline and diffusers' pipeline with the same embeddings give the same images."""
+    from pipeline_tiny import load_ours, load_reference, max_diff, random_pil, seeded, tiny_folder
+
+    folder = tiny_folder()
+    reference, ours = load_reference(folder), load_ours(folder)
+    torch.save({"string_to_param": {"*": _vectors(3, 7)}, "name": "<style>"}, tmp_path / "style.pt")
+    for pipe in (reference, ours):
+        pipe.load_textual_inversion(
+            [str(tmp_path / "style.pt"), {"<cat-toy>": _vectors(1, 8)}], token=["<style>", None]
+        )
+
+    embeds = [
+        pipe.encode_prompt("a <cat-toy>, <style>", torch.device("cpu"), 1, True, negative_prompt="<style> blur")
+        for pipe in (reference, ours)
+    ]
+    assert all(torch.equal(r, o) for r, o in zip(*embeds))
+    kwargs = {"image": random_pil(), "num_inference_steps": 2, "output_type": "np", "negative_prompt": "<style>"}
+    expected = reference("a <cat-toy> in <style>", generator=seeded(0), **kwargs).images
+    actual = ours("a <cat-toy> in <style>", generator=seeded(0), **kwargs).images
+    assert max_diff(expected, actual) <= 1e-4
+    spelled_out = load_ours(folder)("a <cat-toy> in <style>", generator=seeded(0), **kwargs).images  # no TI loaded
+    assert max_diff(actual, spelled_out) > 1e-3
