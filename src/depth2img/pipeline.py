@@ -262,21 +262,27 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         """Decode the whole batch at once again."""
         self._call_on_models("disable_slicing", names=("vae",), required=("vae",))
 
-    def enable_vae_tiling(self) -> None:
-        """Decode (and encode) large images in overlapping tiles: bounded memory at any resolution."""
-        self._call_on_models("enable_tiling", names=("vae",), required=("vae",))
+    def enable_vae_tiling(self, **options: Any) -> None:
+        """Decode (and encode) large images in overlapping tiles: bounded memory at any resolution. ``options``
+        go to the VAE's ``enable_tiling`` (``tile_sample_size``, ``overlap_factor``)."""
+        self._call_on_models("enable_tiling", names=("vae",), required=("vae",), **options)
 
     def disable_vae_tiling(self) -> None:
         """Decode the whole image at once again."""
         self._call_on_models("disable_tiling", names=("vae",), required=("vae",))
 
     def _call_on_models(
-        self, method: str, *args: Any, names: Sequence[str] = ("unet", "vae"), required: Sequence[str] = ()
+        self,
+        method: str,
+        *args: Any,
+        names: Sequence[str] = ("unet", "vae"),
+        required: Sequence[str] = (),
+        **kwargs: Any,
     ) -> None:
         for name in names:
             model = getattr(self, name, None)
             if model is not None and hasattr(model, method):
-                getattr(model, method)(*args)
+                getattr(model, method)(*args, **kwargs)
             elif name in required:
                 raise NotImplementedError(f"the {name} ({type(model).__name__}) does not support {method}()")
 
