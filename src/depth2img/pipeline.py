@@ -353,7 +353,6 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 negative_prompt=negative_prompt,
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_prompt_embeds,
-                lora_scale=lora_scale,
                 clip_skip=clip_skip,
                 fallback_dtype=self.unet.dtype if self.unet is not None else None,
             )

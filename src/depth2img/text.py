@@ -1,4 +1,7 @@
-"""Prompt encoding: tokenizer → CLIP text encoder → embeddings, with clip skip and LoRA scale.
+"""Prompt encoding: tokenizer → CLIP text encoder → embeddings, with clip skip.
+
+The pipeline wraps this with the adapters' steps (textual-inversion token expansion, the text encoder's LoRA
+scale), so this file stays about CLIP alone.
 
 Semantics follow the reference's ``encode_prompt`` (so seeded images are equal), except that clip skip works on
 every transformers version: transformers 5's ``CLIPTextModel`` has no ``.text_model``, so the final layer norm
@@ -7,9 +10,7 @@ is looked up wherever the model keeps it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,7 +20,6 @@ __all__ = [
     "check_clip_skip",
     "encode_prompt",
     "final_layer_norm",
-    "lora_scale_applied",
     "negative_texts",
     "prompt_batch_size",
 ]
@@ -62,29 +62,6 @@ def check_clip_skip(clip_skip: Any, text_encoder: nn.Module | None) -> None:
     layers = _num_layers(text_encoder) if text_encoder is not None else None
     if layers is not None and clip_skip > layers:
         raise ValueError(f"clip_skip={clip_skip} is too large: the text encoder has only {layers} layers")
-
-
-@contextlib.contextmanager
-def lora_scale_applied(text_encoder: nn.Module | None, lora_scale: float | None) -> Iterator[None]:
-    """Scale the text encoder's LoRA layers by ``lora_scale`` for the duration of the block.
-
-    LoRA layers are recognised by the peft tuner-layer protocol (``scale_layer`` / ``unscale_layer``), so peft
-    layers and our own both work; without LoRA layers this does nothing.
-    """
-    layers = []
-    if text_encoder is not None and lora_scale is not None and lora_scale != 1.0:
-        layers = [m for m in text_encoder.modules() if hasattr(m, "scale_layer") and hasattr(m, "unscale_layer")]
-    for layer in layers:
-        layer.scale_layer(lora_scale)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            if lora_scale != 0:
-                layer.unscale_layer(lora_scale)
-            else:  # a zero scale cannot be divided out: restore each active adapter's configured scale
-                for adapter in getattr(layer, "active_adapters", []):
-                    layer.set_scale(adapter, 1.0)
 
 
 def _tokenize(tokenizer: Any, texts: str | list[str], max_length: int) -> Any:
@@ -158,7 +135,6 @@ def encode_prompt(
     negative_prompt: str | list[str] | None = None,
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
-    lora_scale: float | None = None,
     clip_skip: int | None = None,
     fallback_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -169,17 +145,16 @@ def encode_prompt(
     (``fallback_dtype`` without one).
     """
     batch_size = prompt_batch_size(prompt, prompt_embeds)
-    with lora_scale_applied(text_encoder, lora_scale):
-        if prompt_embeds is None:
-            prompt_embeds = _encode_positive(tokenizer, text_encoder, prompt, device, clip_skip)
-        dtype = text_encoder.dtype if text_encoder is not None else (fallback_dtype or prompt_embeds.dtype)
-        prompt_embeds = _repeat_per_image(prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)
+    if prompt_embeds is None:
+        prompt_embeds = _encode_positive(tokenizer, text_encoder, prompt, device, clip_skip)
+    dtype = text_encoder.dtype if text_encoder is not None else (fallback_dtype or prompt_embeds.dtype)
+    prompt_embeds = _repeat_per_image(prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)
 
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            texts = negative_texts(prompt, negative_prompt, batch_size)
-            tokens = _tokenize(tokenizer, texts, prompt_embeds.shape[1])
-            mask = _attention_mask(text_encoder, tokens, device)
-            negative_prompt_embeds = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    if do_classifier_free_guidance and negative_prompt_embeds is None:
+        texts = negative_texts(prompt, negative_prompt, batch_size)
+        tokens = _tokenize(tokenizer, texts, prompt_embeds.shape[1])
+        mask = _attention_mask(text_encoder, tokens, device)
+        negative_prompt_embeds = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
     if do_classifier_free_guidance:
         negative_prompt_embeds = _repeat_per_image(
             negative_prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt
