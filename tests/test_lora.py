@@ -549,3 +549,22 @@ def test_pipeline_saved_lora_loads_in_diffusers_with_the_same_images(diffusers, 
     reference.load_lora_weights(str(tmp_path))
     expected, actual = _images(reference, 0.5), _images(ours, 0.5)
     assert max_diff(torch.from_numpy(actual), torch.from_numpy(expected)) <= 1e-4
+
+
+def test_the_docs_examples_run(tmp_path, monkeypatch):
+    """docs/adapters.md promises runnable examples: run its python blocks in order, in a scratch folder."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "adapters.md"
+    blocks = re.findall(r"```python\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "docs_example"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for block in blocks:
+            exec(compile(block, str(docs), "exec"), namespace)
+    assert namespace["pipe"].get_list_adapters() == {"unet": ["style"]}
+    assert (tmp_path / "style-lora" / "pytorch_lora_weights.safetensors").is_file()
