@@ -24,23 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import LoraLoaderMixin, TextualInversionLoaderMixin
-from .depth import depth_map_to_tensor, estimate_depth, normalize_depth
-from .images import (
-    LATENT_CHANNELS,
-    OUTPUT_TYPES,
-    ImageBatch,
-    describe_images,
-    images_to_tensor,
-    postprocess,
-    to_uint8_images,
-)
-from .text import check_clip_skip, encode_prompt, negative_texts, prompt_batch_size
+from .call_checks import CALLBACK_TENSOR_INPUTS, CallPlan, check_call
+from .depth import estimate_depth, normalize_depth
+from .images import LATENT_CHANNELS, ImageBatch, images_to_tensor, postprocess, to_uint8_images
+from .text import encode_prompt
 from .utils.random import randn_tensor
 
 __all__ = ["Depth2ImgPipeline", "Depth2ImgPipelineOutput"]
 
 COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "depth_estimator", "feature_extractor")
-CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
 
 
 @dataclass
@@ -62,18 +54,6 @@ class Depth2ImgPipelineOutput:
         return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
 
 
-@dataclass
-class _CallPlan:
-    """Everything derived from the arguments while checking them, before any model runs."""
-
-    batch_size: int  # number of prompts
-    total: int  # batch_size x num_images_per_prompt
-    images: ImageBatch
-    depth: torch.Tensor | None  # the user's depth maps as (B, H, W), or None to estimate them
-    latent_size: tuple[int, int]
-    callback_steps: int
-
-
 def _first_output(output: Any) -> torch.Tensor:
     """The main tensor of a model output: a tensor, a tuple's first item, or a diffusers-style ``.sample``."""
     if isinstance(output, torch.Tensor):
@@ -86,10 +66,6 @@ def _first_output(output: Any) -> torch.Tensor:
 def _latent_distribution(encoded: Any) -> Any:
     """Our VAE's ``encode`` returns the distribution; diffusers-style VAEs wrap it in ``.latent_dist``."""
     return getattr(encoded, "latent_dist", encoded)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins: adapters (depth2img/adapters)
@@ -436,176 +412,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         return extra
 
     # ------------------------------------------------------------------ input checks
-    def check_inputs(
-        self,
-        prompt: Any,
-        image: Any,
-        depth_map: Any,
-        strength: Any,
-        num_inference_steps: Any,
-        guidance_scale: Any,
-        negative_prompt: Any,
-        num_images_per_prompt: Any,
-        eta: Any,
-        generator: Any,
-        prompt_embeds: Any,
-        negative_prompt_embeds: Any,
-        output_type: Any,
-        cross_attention_kwargs: Any,
-        clip_skip: Any,
-        callback_on_step_end: Any,
-        callback_on_step_end_tensor_inputs: Any,
-        callback: Any = None,
-        callback_steps: Any = None,
-    ) -> _CallPlan:
-        """Check every argument, raising one clear error before any model runs; returns what was derived."""
-        if not _is_number(strength) or not 0 <= strength <= 1:
-            raise ValueError(f"strength must be a number in [0.0, 1.0], got {strength!r}")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise TypeError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
-        train_steps = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
-        if num_inference_steps < 1 or (train_steps is not None and num_inference_steps > train_steps):
-            raise ValueError(
-                f"num_inference_steps must be between 1 and {train_steps or 'the training steps'}, "
-                f"got {num_inference_steps}"
-            )
-        if int(num_inference_steps * strength) < 1:
-            raise ValueError(
-                f"num_inference_steps x strength must be at least 1 for any denoising to happen, got "
-                f"{num_inference_steps} x {strength} = {num_inference_steps * strength:g}; raise either"
-            )
-        if not _is_number(guidance_scale):
-            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
-        if not _is_number(eta):
-            raise TypeError(f"eta must be a number, got {eta!r}")
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, (int, np.integer)):
-            raise TypeError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}")
-        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
-            raise TypeError(
-                f"cross_attention_kwargs must be a dict or None, got {type(cross_attention_kwargs).__name__}"
-            )
-        check_clip_skip(clip_skip, self.text_encoder)
-        callback_steps = self._check_callbacks(
-            callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps
-        )
-        batch_size = self._check_prompts(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale)
-        total = batch_size * int(num_images_per_prompt)
-
-        images = describe_images(image)
-        depth = self._check_images_and_depth(images, depth_map, total)
-        if isinstance(generator, list):
-            if len(generator) != total:
-                raise ValueError(
-                    f"got a list of {len(generator)} generators for {total} images ({batch_size} prompt(s) x "
-                    f"num_images_per_prompt={num_images_per_prompt}); pass one generator per image, or a single one"
-                )
-            if not all(isinstance(g, torch.Generator) for g in generator):
-                raise TypeError("generator lists must hold torch.Generator objects only")
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
-
-        if images.is_latents:
-            latent_size = (images.height, images.width)
-        else:
-            factor = self.vae_scale_factor
-            latent_size = (images.height // factor, images.width // factor)
-        return _CallPlan(batch_size, total, images, depth, latent_size, callback_steps)
-
-    def _check_callbacks(self, on_step_end: Any, tensor_inputs: Any, callback: Any, callback_steps: Any) -> int:
-        if on_step_end is not None and not callable(on_step_end):
-            raise TypeError(f"callback_on_step_end must be callable, got {type(on_step_end).__name__}")
-        if tensor_inputs is not None:
-            unknown = [name for name in tensor_inputs if name not in CALLBACK_TENSOR_INPUTS]
-            if unknown:
-                raise ValueError(
-                    f"callback_on_step_end_tensor_inputs has unknown name(s) {unknown}; choose from "
-                    f"{list(CALLBACK_TENSOR_INPUTS)}"
-                )
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        if callback_steps is not None and (
-            isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps <= 0
-        ):
-            raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
-        return 1 if callback_steps is None else callback_steps
-
-    def _check_prompts(
-        self, prompt: Any, negative_prompt: Any, prompt_embeds: Any, negative_prompt_embeds: Any, guidance_scale: Any
-    ) -> int:
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("a prompt is required: pass prompt (a string or a list of strings) or prompt_embeds")
-        if prompt is not None:
-            if not isinstance(prompt, (str, list)) or (
-                isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)
-            ):
-                raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r:.80}")
-            if isinstance(prompt, list) and not prompt:
-                raise ValueError("prompt is an empty list; pass at least one prompt")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
-        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
-            if embeds is not None and (not isinstance(embeds, torch.Tensor) or embeds.ndim != 3):
-                shown = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-                raise ValueError(f"{name} must be a (batch, tokens, width) tensor, got {shown}")
-        both = prompt_embeds is not None and negative_prompt_embeds is not None
-        if both and prompt_embeds.shape != negative_prompt_embeds.shape:
-            raise ValueError(
-                f"prompt_embeds and negative_prompt_embeds must have the same shape, got "
-                f"{tuple(prompt_embeds.shape)} and {tuple(negative_prompt_embeds.shape)}"
-            )
-        if self.text_encoder is None and (
-            prompt_embeds is None or (guidance_scale > 1 and negative_prompt_embeds is None)
-        ):
-            raise ValueError("this pipeline has no text encoder: pass prompt_embeds (and negative_prompt_embeds)")
-        batch_size = prompt_batch_size(prompt, prompt_embeds)
-        if guidance_scale > 1 and negative_prompt_embeds is None:
-            if negative_prompt is not None and not (
-                isinstance(negative_prompt, str)
-                or (isinstance(negative_prompt, list) and all(isinstance(p, str) for p in negative_prompt))
-            ):
-                raise TypeError(f"negative_prompt must be a string or a list of strings, got {negative_prompt!r:.80}")
-            negative_texts(prompt, negative_prompt, batch_size)  # raises if it does not fit the prompts
-        return batch_size
-
-    def _check_images_and_depth(self, images: ImageBatch, depth_map: Any, total: int) -> torch.Tensor | None:
-        if images.is_latents and depth_map is None:
-            raise ValueError(
-                f"image has {LATENT_CHANNELS} channels, so it is taken as latents, and a depth map cannot be estimated "
-                "from latents; pass depth_map too (or pass the RGB image)"
-            )
-        factor = self.vae_scale_factor
-        if not images.is_latents and (images.height < factor or images.width < factor):
-            raise ValueError(
-                f"image is {images.width}x{images.height} pixels; it must be at least {factor}x{factor} "
-                f"(the VAE's scale factor)"
-            )
-        if total % images.count != 0:
-            raise ValueError(
-                f"got {images.count} images for {total} outputs (prompts x num_images_per_prompt); pass one image, "
-                "or one image per prompt"
-            )
-        if depth_map is None:
-            if self.depth_estimator is None or self.feature_extractor is None:
-                missing = "depth_estimator" if self.depth_estimator is None else "feature_extractor"
-                raise ValueError(f"this pipeline has no {missing}, so pass depth_map to every call")
-            return None
-        depth = depth_map_to_tensor(depth_map)
-        if depth.shape[0] not in (1, images.count):
-            raise ValueError(
-                f"depth_map holds {depth.shape[0]} maps but there are {images.count} images; pass one depth map per "
-                "image, or a single one for all"
-            )
-        if not (depth.is_floating_point() or depth.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)):
-            raise TypeError(f"depth_map must hold numbers, got dtype {depth.dtype}")
-        if not bool(torch.isfinite(depth.float()).all()):
-            raise ValueError("depth_map contains NaN or infinite values")
-        return depth
+    def check_inputs(self, **arguments: Any) -> CallPlan:
+        """Check the arguments of a call (as keywords), raising one clear error before any model runs; see
+        ``depth2img.call_checks.check_call``."""
+        return check_call(self, **arguments)
 
     # ------------------------------------------------------------------ the call
     @torch.no_grad()
@@ -671,10 +481,14 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                     stacklevel=3,
                 )
         plan = self.check_inputs(
-            prompt, image, depth_map, strength, num_inference_steps, guidance_scale, negative_prompt,
-            num_images_per_prompt, eta, generator, prompt_embeds, negative_prompt_embeds, output_type,
-            cross_attention_kwargs, clip_skip, callback_on_step_end, callback_on_step_end_tensor_inputs,
-            callback, callback_steps,
+            prompt=prompt, image=image, depth_map=depth_map, strength=strength,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+            num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
+            cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback=callback, callback_steps=callback_steps,
         )  # fmt: skip
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
