@@ -434,6 +434,20 @@ def test_unload_restores_plain_modules_and_fuse_then_unload_bakes_the_lora_in(di
     _assert_close(_our_outputs(ours), with_lora, tol=1e-4)
 
 
+def test_safe_fusing_refuses_non_finite_weights_and_changes_nothing(base):
+    state_dict = _kohya_file(*base, {})
+    state_dict["lora_te_text_model_encoder_layers_3_mlp_fc1.lora_up.weight"][0, 0] = float("nan")
+    ours = _ours(base)
+    ours.load_lora_weights(state_dict)
+    before = {c: {k: v.clone() for k, v in m.state_dict().items()} for c, m in ours._lora_models().items()}
+    with pytest.raises(ValueError, match=r"encoder.layers.3.mlp.fc1 gives non-finite weights; nothing was fused"):
+        ours.fuse_lora(safe_fusing=True)
+    assert ours.fused_loras == set()
+    for component, model in ours._lora_models().items():  # the LoRA itself holds the NaN: compare NaN as equal
+        after = model.state_dict()
+        assert all(torch.allclose(after[k], v, rtol=0, atol=0, equal_nan=True) for k, v in before[component].items())
+
+
 def test_disable_and_enable(diffusers, base, tmp_path):
     ours = _ours(base)
     ours.load_lora_weights(_diffusers_lora_file(diffusers, base, tmp_path))
@@ -498,9 +512,13 @@ def test_bad_arguments_get_one_clear_error(base):
         ours.fuse_lora(components=["vae"])
     with pytest.raises(TypeError, match="unexpected arguments"):
         ours.load_lora_weights(state_dict, adapter_name="b", hotswap=True)
+    with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['z'\]"):
+        ours.delete_adapters("z")
     ours.fuse_lora()
     with pytest.raises(ValueError, match="unfuse_lora"):
         ours.delete_adapters("a")
+    with pytest.raises(ValueError, match="unfuse_lora"):
+        ours.disable_lora()
     with pytest.raises(ValueError, match="pass at least one"):
         Host.save_lora_weights("unused")
 

@@ -149,30 +149,36 @@ class LoRALayer(nn.Module):
 
     # -- fusing -----------------------------------------------------------------------------------------------
 
-    def fuse(self, adapter_names: list[str] | None = None, lora_scale: float = 1.0, safe: bool = False) -> list[str]:
-        """Add adapters (default: the active ones) into the base weight, times ``lora_scale``; returns those fused.
+    def fused_weight(self, adapter_names: list[str] | None = None, lora_scale: float = 1.0) -> torch.Tensor | None:
+        """The base weight with the adapters (default: active, not yet fused) added, or None if there are none.
 
-        Uses set_adapters' weights and the file's alpha, not the call's scale. With ``safe``, a fused weight
-        holding NaN/inf raises ``ValueError`` and the layer is left untouched.
+        Uses set_adapters' weights and the file's alpha times ``lora_scale``, not the call's scale; the sum is
+        formed in float32 and cast back to the weight's dtype.
         """
-        names = [
-            n
-            for n in (self.active_adapters if adapter_names is None else adapter_names)
-            if n in self.lora_A and n not in self.fused_adapters
-        ]
+        names = self._fusable(adapter_names)
         if not names:
+            return None
+        weight = self.base_layer.weight.detach()
+        delta = sum(self.delta_weight(n) * self.scaling(n, call_scale=1.0) * lora_scale for n in names)
+        return (weight.float() + delta).to(weight.dtype)
+
+    def fuse(self, adapter_names: list[str] | None = None, lora_scale: float = 1.0) -> list[str]:
+        """Add adapters (default: the active ones) into the base weight, times ``lora_scale``; returns those fused."""
+        names = self._fusable(adapter_names)
+        fused = self.fused_weight(names, lora_scale)
+        if fused is None:
             return []
         weight = self.base_layer.weight
-        delta = sum(self.delta_weight(n) * self.scaling(n, call_scale=1.0) * lora_scale for n in names)
-        fused = (weight.detach().float() + delta).to(weight.dtype)
-        if safe and not torch.isfinite(fused).all():
-            raise ValueError(f"fusing LoRA adapters {names} gives non-finite weights; they were not fused")
         if self._weight_before_fuse is None:
             self._weight_before_fuse = weight.detach().to("cpu", copy=True)
         with torch.no_grad():
             weight.copy_(fused)
         self.fused_adapters.extend(names)
         return names
+
+    def _fusable(self, adapter_names: list[str] | None) -> list[str]:
+        wanted = self.active_adapters if adapter_names is None else adapter_names
+        return [n for n in wanted if n in self.lora_A and n not in self.fused_adapters]
 
     def unfuse(self) -> None:
         """Restore the base weight exactly as it was before the first ``fuse``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from .lora_keys import LoRAWeights
@@ -21,8 +22,10 @@ __all__ = [
     "add_adapter",
     "adapter_state",
     "check_adapter",
+    "check_fusable",
     "delete_adapters",
     "fuse",
+    "fused_adapters",
     "lora_layers",
     "lora_target_names",
     "remove_lora",
@@ -90,7 +93,8 @@ def add_adapter(model: nn.Module, adapter_name: str, weights: Mapping[str, LoRAW
         if not isinstance(module, LoRALayer):
             module = _wrap(model, name, module)
         module.add_adapter(adapter_name, lora.down, lora.up, lora.scale)
-    set_active_adapters(model, [adapter_name], [1.0], reset_weights=False)
+    for _, layer in lora_layers(model):
+        layer.active_adapters = [adapter_name]
 
 
 def _wrap(model: nn.Module, name: str, module: nn.Module) -> LoRALayer:
@@ -101,35 +105,31 @@ def _wrap(model: nn.Module, name: str, module: nn.Module) -> LoRALayer:
     return layer
 
 
-def set_active_adapters(
-    model: nn.Module, names: Sequence[str], weights: Sequence[float], reset_weights: bool = True
-) -> None:
+def set_active_adapters(model: nn.Module, names: Sequence[str], weights: Sequence[float]) -> None:
     """Activate exactly ``names`` in every LoRA layer, with ``weights`` (multipliers of each adapter's output)."""
     for _, layer in lora_layers(model):
         layer.active_adapters = list(names)
-        if reset_weights:
-            for name, weight in zip(names, weights):
-                if name in layer.adapter_weight:
-                    layer.adapter_weight[name] = float(weight)
+        for name, weight in zip(names, weights):
+            if name in layer.adapter_weight:
+                layer.adapter_weight[name] = float(weight)
 
 
 def set_enabled(model: nn.Module, enabled: bool) -> None:
     """Switch all LoRA layers on or off (the adapters stay loaded)."""
+    if not enabled and fused_adapters(model):
+        raise ValueError("LoRA weights are fused into the model; call unfuse_lora() before disable_lora()")
     for _, layer in lora_layers(model):
-        if not enabled and layer.fused_adapters:
-            raise ValueError("LoRA weights are fused into the model; call unfuse_lora() before disable_lora()")
         layer.enabled = enabled
 
 
 def delete_adapters(model: nn.Module, names: Sequence[str]) -> None:
     """Remove adapters; layers left without any adapter get their original module back."""
+    fused = sorted(fused_adapters(model) & set(names))
+    if fused:
+        raise ValueError(f"adapter(s) {fused} are fused into the weights; call unfuse_lora() before deleting them")
     for name, layer in lora_layers(model):
         for adapter in names:
-            if adapter in layer.lora_A:
-                try:
-                    layer.delete_adapter(adapter)
-                except ValueError as error:
-                    raise ValueError(f"{name}: {error}") from None
+            layer.delete_adapter(adapter)
         if not layer.adapter_names:
             _unwrap(model, name, layer)
 
@@ -147,13 +147,20 @@ def _unwrap(model: nn.Module, name: str, layer: LoRALayer) -> None:
     setattr(parent, child, layer.base_layer)
 
 
-def fuse(
-    model: nn.Module, lora_scale: float = 1.0, adapter_names: Sequence[str] | None = None, safe: bool = False
-) -> set[str]:
+def check_fusable(model: nn.Module, lora_scale: float = 1.0, adapter_names: Sequence[str] | None = None) -> None:
+    """Raise ``ValueError`` if fusing would put NaN/inf into a weight of ``model`` (nothing is modified)."""
+    names = None if adapter_names is None else list(adapter_names)
+    for name, layer in lora_layers(model):
+        fused = layer.fused_weight(names, lora_scale)
+        if fused is not None and not torch.isfinite(fused).all():
+            raise ValueError(f"fusing the LoRA into {name} gives non-finite weights; nothing was fused")
+
+
+def fuse(model: nn.Module, lora_scale: float = 1.0, adapter_names: Sequence[str] | None = None) -> set[str]:
     """Fuse adapters (default: active) into the weights of ``model``; returns the names fused."""
     fused: set[str] = set()
     for _, layer in lora_layers(model):
-        fused.update(layer.fuse(None if adapter_names is None else list(adapter_names), lora_scale, safe))
+        fused.update(layer.fuse(None if adapter_names is None else list(adapter_names), lora_scale))
     return fused
 
 

@@ -144,21 +144,32 @@ class LoraLoaderMixin:
         weights = adapter_weights if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
         if len(weights) != len(names):
             raise ValueError(f"adapter_weights has {len(weights)} entries for {len(names)} adapter_names")
-        loaded = {name for names_ in self.get_list_adapters().values() for name in names_}
-        unknown = [name for name in names if name not in loaded]
-        if unknown:
-            raise ValueError(f"unknown adapter(s) {unknown}; loaded: {sorted(loaded)}")
-        for component, model in self._lora_models().items():
-            lora_model.set_active_adapters(model, names, [_component_weight(w, component) for w in weights])
+        self._check_known(names)
+        models = self._lora_models()
+        per_component = {c: [_component_weight(w, c) for w in weights] for c in models}  # all checked first
+        for component, model in models.items():
+            lora_model.set_active_adapters(model, names, per_component[component])
 
     def delete_adapters(self, adapter_names: str | Sequence[str]) -> None:
         """Remove adapters entirely (layers without any adapter left get their original module back)."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self._check_known(names)
+        fused = sorted(self.fused_loras & set(names))
+        if fused:  # checked for all components first, so a refusal leaves every component as it was
+            raise ValueError(f"adapter(s) {fused} are fused into the weights; call unfuse_lora() before deleting them")
         for model in self._lora_models().values():
             lora_model.delete_adapters(model, names)
 
+    def _check_known(self, names: Sequence[str]) -> None:
+        loaded = {name for names_ in self.get_list_adapters().values() for name in names_}
+        unknown = [name for name in names if name not in loaded]
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; loaded: {sorted(loaded)}")
+
     def disable_lora(self) -> None:
         """Run without LoRA (adapters stay loaded; ``enable_lora`` switches them back on)."""
+        if self.fused_loras:
+            raise ValueError("LoRA weights are fused into the model; call unfuse_lora() before disable_lora()")
         for model in self._lora_models().values():
             lora_model.set_enabled(model, False)
 
@@ -180,8 +191,11 @@ class LoraLoaderMixin:
         Inference then runs at the base model's speed. ``safe_fusing`` refuses weights that would hold NaN/inf.
         """
         models = self._checked_components(components)
+        if safe_fusing:  # every component is checked before any is changed
+            for model in models:
+                lora_model.check_fusable(model, lora_scale, adapter_names)
         for model in models:
-            lora_model.fuse(model, lora_scale, adapter_names, safe_fusing)
+            lora_model.fuse(model, lora_scale, adapter_names)
 
     def unfuse_lora(self, components: Sequence[str] = _COMPONENTS) -> None:
         """Restore the weights from before ``fuse_lora`` exactly (bit for bit)."""
