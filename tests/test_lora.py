@@ -12,7 +12,7 @@ from torch import nn
 from conftest import require
 from depth2img.adapters import LoRALayer, LoraLoaderMixin, convert_lora_state_dict, lora_model
 from depth2img.models import UNet2DConditionModel
-from model_pairs import jitter_vectors, load_config, max_diff, twin
+from model_pairs import CONFIGS, jitter_vectors, load_config, max_diff, twin
 
 TOL = 1e-5
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1", "conv_shortcut"]
@@ -30,7 +30,7 @@ class Host(LoraLoaderMixin):
 def _text_encoder() -> nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    config = CLIPTextConfig.from_pretrained(str(load_config.__globals__["CONFIGS"] / "tiny" / "text_encoder"))
+    config = CLIPTextConfig.from_pretrained(str(CONFIGS / "tiny" / "text_encoder"))
     return jitter_vectors(CLIPTextModel(config)).eval()
 
 
