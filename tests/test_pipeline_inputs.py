@@ -69,7 +69,12 @@ BAD_INPUTS = [
         ValueError,
         "depth_map holds 3 maps but there are 2 images",
     ),
-    ({"image": [random_pil(), random_pil(seed=1)]}, ValueError, "got 2 images for 1 outputs"),
+    (
+        {"image": [random_pil()] * 3, "prompt": ["a", "b"], "num_images_per_prompt": 2},
+        ValueError,
+        "got 3 images for 2 prompt\\(s\\) x num_images_per_prompt=2; pass one image, one per prompt, or one per",
+    ),
+    ({"image": [random_pil(), random_pil(seed=1)]}, ValueError, "got 2 images for 1 prompt"),
     ({"depth_map": torch.rand(1, 2, 24, 40)}, ValueError, "depth_map must have shape \\(H, W\\), \\(B, H, W\\)"),
     ({"depth_map": "depth.png"}, TypeError, "depth_map must be a torch tensor, numpy array, PIL image"),
     ({"depth_map": torch.full((24, 40), float("nan"))}, ValueError, "depth_map contains NaN"),
@@ -148,6 +153,13 @@ def test_one_image_serves_every_prompt(pipe):
     assert max_diff(result[0], result[1]) > 1e-3
 
 
+def test_one_image_per_output(pipe):
+    images = [random_pil(), random_pil(seed=1)]
+    both = run(pipe, image=images, num_images_per_prompt=2, generator=[seeded(0), seeded(1)])
+    second = run(pipe, image=images[1], generator=[seeded(1)])
+    assert max_diff(both[1:], second) <= 1e-4
+
+
 def test_image_size_is_floored_to_the_vae_multiple(pipe):
     assert run(pipe, image=random_pil(25, 41)).shape == (1, 24, 40, 3)
 
@@ -166,6 +178,23 @@ def test_numpy_hwc_non_square_keeps_height_and_width(pipe, reference):
         ours = run(pipe, image=image)
         assert ours.shape == (1, 24, 40, 3)
         assert max_diff(ours, expected) <= 1e-5
+
+
+def test_image_k_goes_with_prompt_k_for_all_its_images(pipe, reference):
+    """With one image per prompt and several images per prompt, every image of prompt k starts from image k. The
+    reference tiles the images instead ([i0, i1, i0, i1] against prompts [p0, p0, p1, p1])."""
+    images = [random_pil(seed=1), random_pil(seed=2)]
+
+    def arguments():
+        return {"prompt": ["a cat", "a dog"], "image": images, "num_images_per_prompt": 2,
+                "generator": [seeded(k) for k in range(4)]}  # fmt: skip
+
+    ours = run(pipe, **arguments())
+    dog_alone = run(pipe, prompt="a dog", image=images[1], num_images_per_prompt=2, generator=[seeded(2), seeded(3)])
+    assert max_diff(ours[2:], dog_alone) <= 1e-4
+    theirs = run(reference, **arguments())
+    assert max_diff(theirs[[0, 3]], ours[[0, 3]]) <= 1e-4  # where the pairings coincide, the images agree
+    assert max_diff(theirs[2], ours[2]) > 1e-3  # the reference's third image is "a dog" on image 0
 
 
 def test_constant_depth_map_gives_no_nan(pipe, reference):

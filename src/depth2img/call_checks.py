@@ -96,7 +96,7 @@ def check_call(
     total = batch_size * int(num_images_per_prompt)
 
     images = describe_images(image)
-    depth = _check_images_and_depth(pipe, images, depth_map, total)
+    depth = _check_images_and_depth(pipe, images, depth_map, batch_size, total)
     if isinstance(generator, list):
         if len(generator) != total:
             raise ValueError(
@@ -174,7 +174,9 @@ def _check_prompts(
     return batch_size
 
 
-def _check_images_and_depth(pipe: Any, images: ImageBatch, depth_map: Any, total: int) -> torch.Tensor | None:
+def _check_images_and_depth(
+    pipe: Any, images: ImageBatch, depth_map: Any, batch_size: int, total: int
+) -> torch.Tensor | None:
     if images.is_latents and depth_map is None:
         raise ValueError(
             f"image has {LATENT_CHANNELS} channels, so it is taken as latents, and a depth map cannot be estimated "
@@ -186,10 +188,10 @@ def _check_images_and_depth(pipe: Any, images: ImageBatch, depth_map: Any, total
             f"image is {images.width}x{images.height} pixels; it must be at least {factor}x{factor} "
             f"(the VAE's scale factor)"
         )
-    if total % images.count != 0:
+    if images.count not in (1, batch_size, total):
         raise ValueError(
-            f"got {images.count} images for {total} outputs (prompts x num_images_per_prompt); pass one image, "
-            "or one image per prompt"
+            f"got {images.count} images for {batch_size} prompt(s) x num_images_per_prompt={total // batch_size}; "
+            "pass one image, one per prompt, or one per output image"
         )
     if depth_map is None:
         if pipe.depth_estimator is None or pipe.feature_extractor is None:

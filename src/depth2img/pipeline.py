@@ -63,6 +63,21 @@ def _first_output(output: Any) -> torch.Tensor:
     return output.sample
 
 
+def _one_per_output(batch: torch.Tensor, total: int, num_images_per_prompt: int) -> torch.Tensor:
+    """One entry per output image, from one entry for all, one per prompt, or one per output.
+
+    One per prompt is repeated for that prompt's images, so image k always goes with prompt k. (The reference
+    tiles the batch instead, which pairs prompt 0 with image 1 when there are several images per prompt; with one
+    image per prompt, or a single image, both agree.)
+    """
+    count = batch.shape[0]
+    if count == total:
+        return batch
+    if count == 1:
+        return batch.repeat(total, *([1] * (batch.ndim - 1)))
+    return batch.repeat_interleave(num_images_per_prompt, dim=0)
+
+
 def _latent_distribution(encoded: Any) -> Any:
     """Our VAE's ``encode`` returns the distribution; diffusers-style VAEs wrap it in ``.latent_dist``."""
     return getattr(encoded, "latent_dist", encoded)
@@ -348,6 +363,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         images: ImageBatch,
         depth: torch.Tensor | None,
         total: int,
+        num_images_per_prompt: int,
         do_classifier_free_guidance: bool,
         dtype: torch.dtype,
         device: torch.device,
@@ -358,9 +374,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
             depth = estimate_depth(self.depth_estimator, self.feature_extractor, to_uint8_images(images), device, dtype)
         else:
             depth = depth.to(device=device, dtype=dtype)
-        depth = normalize_depth(depth, latent_size, dtype)
-        if depth.shape[0] < total:
-            depth = depth.repeat(total // depth.shape[0], 1, 1, 1)
+        depth = _one_per_output(normalize_depth(depth, latent_size, dtype), total, num_images_per_prompt)
         return torch.cat([depth] * 2) if do_classifier_free_guidance else depth
 
     def prepare_latents(
@@ -373,10 +387,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         device: torch.device,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """Encode ``image`` (unless it already is latents), repeat it to the batch and add the strength's noise.
+        """Encode ``image`` (unless it already is latents), spread it over the outputs and add the strength's noise.
 
-        Generator order as in the reference: the VAE sample first (per image with a list of generators), then the
-        noise.
+        Generator order as in the reference: the VAE sample first (per output image with a list of generators),
+        then the noise.
         """
         image = image.to(device=device, dtype=dtype)
         total = batch_size * num_images_per_prompt
@@ -384,8 +398,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
             init_latents = image
         else:
             if isinstance(generator, list):
-                if image.shape[0] < total:
-                    image = torch.cat([image] * (total // image.shape[0]), dim=0)
+                image = _one_per_output(image, total, num_images_per_prompt)
                 init_latents = torch.cat(
                     [
                         _latent_distribution(self.vae.encode(image[i : i + 1])).sample(generator[i])
@@ -396,8 +409,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
             else:
                 init_latents = _latent_distribution(self.vae.encode(image)).sample(generator)
             init_latents = self.vae.config.scaling_factor * init_latents
-        if init_latents.shape[0] < total:  # fewer images than prompts: each image serves every prompt in turn
-            init_latents = torch.cat([init_latents] * (total // init_latents.shape[0]), dim=0)
+        init_latents = _one_per_output(init_latents, total, num_images_per_prompt)
         noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=dtype)
         return self.scheduler.add_noise(init_latents, noise, timestep)
 
@@ -508,8 +520,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
         # 2. depth conditioning, 3. starting latents (VAE sample, then the strength noise)
         depth_mask = self.prepare_depth_map(
-            plan.images, plan.depth, plan.total, self.do_classifier_free_guidance, dtype, device, plan.latent_size
-        )
+            plan.images, plan.depth, plan.total, num_images_per_prompt, self.do_classifier_free_guidance, dtype,
+            device, plan.latent_size,
+        )  # fmt: skip
         pixels = images_to_tensor(plan.images, self.vae_scale_factor)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, device)
