@@ -52,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     # The folder appears complete or not at all (written beside it, then renamed), even on Ctrl-C.
     write_random_pipeline(out_dir, config=args.config, seed=args.seed, overwrite=args.overwrite)
+    # The tiny VAE downsamples by 2, not 8: keep its images small or attention runs over 50k latent pixels.
+    size = " -W 128" if args.config == "tiny" else ""
     print(
         f"depth2img: wrote a RANDOM-WEIGHTS model ({args.config} architecture) to {out_dir}: it makes noise, "
-        f"not pictures. Try it: depth2img generate -m {out_dir} -i examples/room.jpg -p test --steps 2",
+        f"not pictures. Try it: depth2img generate -m {out_dir} -i examples/room.jpg -p test --steps 2{size}",
         file=sys.stderr,
     )
     print(out_dir)
