@@ -254,15 +254,13 @@ def _device(settings: GenerateSettings) -> Any:
 
 
 def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Path]) -> None:
+    """Each input image (its depth estimated once), each prompt, ``-n`` times: one call, one seed, one file."""
     import torch
 
     from .depthmaps import estimate_depth, resize_depth, write_depth_png16
     from .inputs import file_sha256, load_rgb
-    from .pngmeta import JSON_KEY, PARAMETERS_KEY, a1111_parameters, write_png
 
     settings = plan.settings
-    # A1111 counts clip skip from 1 (= the last layer); the pipeline, like diffusers, counts layers skipped.
-    clip_skip = settings.clip_skip - 1 if settings.clip_skip and settings.clip_skip > 1 else None
     sampler = _sampler_label(pipe, settings.scheduler)
     depth_sha = file_sha256(Path(settings.depth_map)) if settings.depth_map else None
     index = 0
@@ -276,36 +274,49 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
                 seed = plan.seed + index
                 if not args.quiet:
                     print(f"depth2img: [{index + 1}/{plan.total}] seed {seed}, {image_path.name}", file=sys.stderr)
-                result = pipe(
-                    prompt=prompt,
-                    image=image,
-                    depth_map=depth,
-                    strength=settings.strength,
-                    num_inference_steps=settings.steps,
-                    guidance_scale=settings.guidance_scale,
-                    negative_prompt=settings.negative_prompt or None,
-                    eta=settings.eta,
-                    generator=torch.Generator("cpu").manual_seed(seed),
-                    clip_skip=clip_skip,
-                    output_type="pil",
-                ).images[0]
+                result = _one_image(pipe, settings, image, depth, prompt, seed)
                 record = image_record(
                     settings, prompt=prompt, image=image_path.resolve(), seed=seed, image_sha256=image_sha,
                     depth_map_sha256=depth_sha, size=list(result.size),
                 )  # fmt: skip
-                text = {
-                    PARAMETERS_KEY: a1111_parameters(
-                        prompt, settings.negative_prompt, a1111_fields(record, sampler, result.size)
-                    ),
-                    JSON_KEY: json.dumps(record),
-                }
                 path = plan.namer.path_for(index, seed, image_path, prompt)
-                write_png(path, result, text)
-                if args.save_depth:
-                    write_depth_png16(path.with_name(path.stem + "-depth.png"), resize_depth(depth, result.size))
+                _save(path, result, record, sampler)
                 written.append(path)
                 print(path, flush=True)  # stdout: one written file per line, for scripts
+                if args.save_depth:
+                    write_depth_png16(path.with_name(path.stem + "-depth.png"), resize_depth(depth, result.size))
                 index += 1
+
+
+def _one_image(pipe: Any, settings: GenerateSettings, image: Any, depth: Any, prompt: str, seed: int) -> Any:
+    """One pipeline call with its own generator, so this image depends on ``seed`` alone."""
+    import torch
+
+    # A1111 counts clip skip from 1 (= the last layer); the pipeline, like diffusers, counts layers skipped.
+    clip_skip = settings.clip_skip - 1 if settings.clip_skip and settings.clip_skip > 1 else None
+    return pipe(
+        prompt=prompt,
+        image=image,
+        depth_map=depth,
+        strength=settings.strength,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        negative_prompt=settings.negative_prompt or None,
+        eta=settings.eta,
+        generator=torch.Generator("cpu").manual_seed(seed),  # CPU noise: the same on every device
+        clip_skip=clip_skip,
+        output_type="pil",
+    ).images[0]
+
+
+def _save(path: Path, image: Any, record: dict[str, Any], sampler: str) -> None:
+    """Write the PNG atomically with its A1111 ``parameters`` and JSON ``depth2img`` chunks."""
+    from .pngmeta import JSON_KEY, PARAMETERS_KEY, a1111_parameters, write_png
+
+    parameters = a1111_parameters(
+        record["prompt"], record["negative_prompt"], a1111_fields(record, sampler, image.size)
+    )
+    write_png(path, image, {PARAMETERS_KEY: parameters, JSON_KEY: json.dumps(record)})
 
 
 # A1111's sampler names for the schedulers a model folder may name itself.
