@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,22 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-GIB = 1024**3
-
-
-def _memory_status() -> dict[str, float]:
-    """Current/peak RSS split into anonymous and file-backed memory, in GiB (Linux /proc)."""
-    fields = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                fields[key] = int(value.split()[0]) * 1024 / GIB
-    return fields
-
-
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # ru_maxrss is in KiB on Linux
+# Run as a script (``python benchmarks/load_memory.py``), this file's folder is on sys.path, not the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.memory import GIB, memory_status, peak_rss_gib  # noqa: E402  (needs the path above)
 
 
 def _model_class(component: str, reference: bool):
@@ -71,7 +57,7 @@ def child_baseline(component: str, reference: bool) -> dict:
     import torch  # noqa: F401  (the import is what is measured)
 
     _model_class(component, reference)
-    return {"peak_rss_gib": _peak_rss_gib()}
+    return {"peak_rss_gib": peak_rss_gib()}
 
 
 def child_load(component: str, folder: str, reference: bool) -> dict:
@@ -90,8 +76,8 @@ def child_load(component: str, folder: str, reference: bool) -> dict:
         "touch_s": touched - loaded,
         "checksum": checksum,
         "dtype": str(next(model.parameters()).dtype),
-        "peak_rss_gib": _peak_rss_gib(),
-        "after_load": _memory_status(),
+        "peak_rss_gib": peak_rss_gib(),
+        "after_load": memory_status(),
     }
 
 
