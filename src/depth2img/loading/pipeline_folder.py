@@ -260,6 +260,7 @@ def save_pipeline(pipe: Depth2ImgPipeline, save_directory: str | os.PathLike, va
     from .. import __version__
     from ..pipeline import COMPONENT_NAMES
 
+    _refuse_wrapped_layers(pipe, COMPONENT_NAMES)
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"_class_name": PIPELINE_CLASS_NAMES[0], "_depth2img_version": __version__}
@@ -275,3 +276,19 @@ def save_pipeline(pipe: Depth2ImgPipeline, save_directory: str | os.PathLike, va
             component.save_pretrained(target)
     atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return folder
+
+
+def _refuse_wrapped_layers(pipe: Depth2ImgPipeline, names: tuple[str, ...] | list[str]) -> None:
+    """A loaded LoRA wraps layers (``…to_q.base_layer.weight``): saved as is, the folder would no longer match
+    the published key names, so no other loader (ours with strict keys, diffusers) could read it back."""
+    for name in names:
+        component = getattr(pipe, name, None)
+        if not isinstance(component, torch.nn.Module):
+            continue
+        wrapped = [key for key, module in component.named_modules() if hasattr(module, "base_layer")]
+        if wrapped:
+            raise ValueError(
+                f"cannot save the pipeline while LoRA adapters are loaded ({name}.{wrapped[0]} and "
+                f"{len(wrapped) - 1} more): call pipe.fuse_lora() then pipe.unload_lora_weights() to bake them into "
+                "the weights, or pipe.unload_lora_weights() to drop them; save the adapters with save_lora_weights()"
+            )
