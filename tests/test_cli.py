@@ -139,6 +139,40 @@ def test_depth_command_then_generate_with_that_depth_map(capsys, tiny_model, pho
     assert record(out)["scheduler"] == "euler-a" and record(out)["depth_map"] == str(tmp_path / "d.png")
 
 
+def test_lora_and_embedding_flags(capsys, tiny_model, photo, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    lora = {}  # kohya/A1111 layout, on two attention projections of the tiny UNet (width 16)
+    for layer in ("to_q", "to_v"):
+        key = f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_{layer}"
+        lora |= {f"{key}.lora_down.weight": torch.randn(4, 16, generator=g), f"{key}.alpha": torch.tensor(4.0)}
+        lora[f"{key}.lora_up.weight"] = torch.randn(16, 4, generator=g)
+    save_file(lora, str(tmp_path / "style.safetensors"))
+    save_file({"<room>": torch.randn(1, 32, generator=g)}, str(tmp_path / "room.safetensors"))  # diffusers format
+
+    def make(name: str, *flags: str) -> np.ndarray:
+        (path,) = generate(
+            capsys, tiny_model, "-i", str(photo), "-p", "a <room>", "-s", "3", "-o", str(tmp_path / name), *flags
+        )
+        return pixels(path)
+
+    base = make("base.png")
+    np.testing.assert_array_equal(make("off.png", "--lora", f"{tmp_path / 'style.safetensors'}:0"), base)
+    assert not np.array_equal(make("on.png", "--lora", str(tmp_path / "style.safetensors")), base)
+    assert not np.array_equal(make("token.png", "--embedding", str(tmp_path / "room.safetensors")), base)
+    both = make(
+        "both.png", "--lora", f"{tmp_path / 'style.safetensors'}:0.5", "--embedding", str(tmp_path / "room.safetensors")
+    )
+    assert record(tmp_path / "both.png")["loras"] == [[str(tmp_path / "style.safetensors"), 0.5]]
+    assert 'Lora: "style:0.5"' in Image.open(tmp_path / "both.png").text["parameters"]
+    (replay,) = generate(
+        capsys, tiny_model, "--from-png", str(tmp_path / "both.png"), "-o", str(tmp_path / "again.png")
+    )
+    np.testing.assert_array_equal(pixels(replay), both)  # the replay loads the same adapters
+
+
 def test_unusable_checkpoint_file_is_a_one_line_load_error(capsys, photo, tmp_path):
     import torch
     from safetensors.torch import save_file

@@ -87,6 +87,8 @@ def test_bad_inputs_are_found_before_any_model_is_loaded(capsys, tmp_path, photo
         (["-i", str(photo), "-p", "x", "--dtype", "int8"], "--dtype: unknown dtype 'int8'"),
         (["-i", str(photo), "-p", "x", "--from-png", str(photo)], "has no depth2img parameters"),
         (["-i", str(photo), "-p", "x", "-m", str(tmp_path / "x.safetensors")], "--model: "),
+        (["-i", str(photo), "-p", "x", "--lora", str(tmp_path / "gone.safetensors:0.7")], "--lora: file not found"),
+        (["-i", str(photo), "-p", "x", "--embedding", str(tmp_path / "gone.pt")], "--embedding: file not found"),
     ]
     for flags, message in cases:
         status, err = error_of(capsys, "generate", *model, "-o", str(tmp_path / "out"), *flags)
