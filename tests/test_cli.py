@@ -21,7 +21,7 @@ from PIL import Image
 from depth2img.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--steps", "2", "-q"]
+FAST = ["--steps", "2", "-q", "--device", "cpu"]  # CPU on any machine: float32, bit-for-bit repeatable
 
 
 # Child processes get one torch thread, as conftest gives this one: tiny models on a busy machine otherwise
