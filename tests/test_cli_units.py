@@ -98,6 +98,22 @@ def test_bad_inputs_are_found_before_any_model_is_loaded(capsys, tmp_path, photo
     assert status == 2 and "not found" in err
 
 
+def test_depth_and_random_model_argument_errors(capsys, tmp_path, photo):
+    cases = [
+        (
+            ["depth", "-i", str(photo), "-i", str(photo), "-o", str(tmp_path / "d.png")],
+            "names one file, but there are 2",
+        ),
+        (["depth", "-i", str(photo), "-o", str(tmp_path / "d.jpg")], "must be a folder or end in .png"),
+        (["depth", "-i", str(tmp_path / "none.png")], "image not found"),
+        (["random-model", str(photo)], "exists and is not a folder"),
+        (["random-model", "--config", "huge", str(tmp_path / "m")], "invalid choice: 'huge'"),
+    ]
+    for argv, message in cases:
+        status, err = error_of(capsys, *argv)
+        assert status == 2 and message in err, (argv, err)
+
+
 def test_unknown_scheduler_lists_the_valid_ones(capsys, photo):
     status, err = error_of(capsys, "generate", "-i", str(photo), "-p", "x", "--scheduler", "nope")
     assert status == 2
