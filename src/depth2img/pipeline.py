@@ -142,15 +142,19 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"to(dtype=...) needs a floating dtype such as torch.float16, got {dtype}")
+        from .offload import move_module  # low_memory: a released model only records where to load to
+
         for module in self._modules():
-            module.to(device=device, dtype=dtype)
+            move_module(module, device, dtype)
         return self
 
     @property
     def device(self) -> torch.device:
         """Device of the models (of the UNet, which all others follow)."""
+        from .offload import module_device  # low_memory: a released model's weights are meta tensors
+
         for module in self._modules():
-            return next(module.parameters()).device
+            return module_device(module)
         return torch.device("cpu")
 
     @property
@@ -177,6 +181,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         torch_dtype: torch.dtype | str | None = None,
         variant: str | None = None,
         local_files_only: bool = False,
+        low_memory: bool = False,
         **component_overrides: Any,
     ) -> Depth2ImgPipeline:
         """Load a pipeline folder (``model_index.json`` + one subfolder per component) or a Hub repo id.
@@ -185,10 +190,14 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         ``stabilityai/stable-diffusion-2-depth`` works too). Folders written by diffusers' ``save_pretrained``
         load unchanged. Keyword arguments named like components (``scheduler=...``, ``depth_estimator=None``)
         replace them instead of loading them; ``revision``, ``cache_dir`` and ``token`` go to the Hub.
+        ``low_memory=True`` keeps each large model in memory only while it runs (peak memory about the UNet's
+        weights plus activations instead of all models; same images, a little slower): see depth2img/offload.py.
         """
-        from .loading.pipeline_folder import load_pipeline
+        from .loading.pipeline_folder import DEFAULT_REPO_ID, load_pipeline
 
-        return load_pipeline(
+        if not isinstance(low_memory, bool):
+            raise TypeError(f"low_memory must be True or False, got {low_memory!r}")
+        pipe = load_pipeline(
             cls,
             pretrained_model_name_or_path,
             torch_dtype=torch_dtype,
@@ -196,6 +205,20 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
             local_files_only=local_files_only,
             **component_overrides,
         )
+        # --- low_memory: implemented in depth2img/offload.py ---
+        if low_memory:
+            from .offload import enable_low_memory
+
+            enable_low_memory(
+                pipe,
+                DEFAULT_REPO_ID if pretrained_model_name_or_path is None else pretrained_model_name_or_path,
+                variant=variant,
+                torch_dtype=torch_dtype,
+                given=component_overrides,
+                hub_options={k: v for k, v in component_overrides.items() if k in ("revision", "cache_dir", "token")},
+            )
+        # --- end of low_memory ---
+        return pipe
 
     # --- single-file checkpoints: implemented in depth2img/loading/single_file.py ---
     @classmethod

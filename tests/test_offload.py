@@ -1,0 +1,91 @@
+"""Low-memory mode (depth2img/offload.py): the same images as the default mode, at most one large model resident at
+a time, released models reporting the right device/dtype, and clear behaviour when weights change after loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from depth2img import Depth2ImgPipeline
+from depth2img.loading.random_model import write_random_pipeline
+
+MODELS = ("text_encoder", "depth_estimator", "vae", "unet")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_random_pipeline(tmp_path_factory.mktemp("low-memory") / "pipe", config="tiny", seed=0)
+
+
+def load(folder, **kwargs):
+    pipe = Depth2ImgPipeline.from_pretrained(folder, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, seed=0):
+    image = np.random.default_rng(0).random((64, 48, 3))
+    generator = torch.Generator().manual_seed(seed)
+    return pipe("a house", image=image, num_inference_steps=3, generator=generator, output_type="np").images
+
+
+def resident(pipe):
+    return {name for name in MODELS if not next(getattr(pipe, name).parameters()).is_meta}
+
+
+def test_same_images_as_the_default_mode(folder):
+    expected = generate(load(folder))
+    pipe = load(folder, low_memory=True)
+    assert np.array_equal(generate(pipe), expected)
+    assert np.array_equal(generate(pipe), expected)  # models released and reloaded in between
+
+
+def test_models_start_released_and_run_one_at_a_time(folder):
+    pipe = load(folder, low_memory=True)
+    assert resident(pipe) == set()
+    assert pipe.device == torch.device("cpu") and pipe.dtype == torch.float32
+    seen = []  # the resident models after each model ran (the VAE runs through its encoder and decoder)
+    for module in (pipe.text_encoder, pipe.depth_estimator, pipe.vae.encoder, pipe.vae.decoder, pipe.unet):
+        module.register_forward_hook(lambda *_: seen.append(resident(pipe)))
+    generate(pipe)
+    assert [sorted(models) for models in seen] == [
+        ["text_encoder"],
+        ["text_encoder"],  # negative prompt
+        ["depth_estimator"],
+        ["vae"],
+        *[["unet"]] * (len(seen) - 5),
+        ["vae"],
+    ]
+
+
+def test_to_dtype_while_released(folder):
+    expected = generate(load(folder).to(torch.float64))
+    pipe = load(folder, low_memory=True).to(torch.float64)
+    assert pipe.dtype == torch.float64 and resident(pipe) == set()
+    assert np.array_equal(generate(pipe), expected)
+
+
+def test_weights_changed_in_place_stay_resident(folder):
+    pipe = load(folder, low_memory=True)
+    generate(pipe)  # the VAE decoded last, so it is resident
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias.add_(0.25)
+    with pytest.warns(UserWarning, match="the vae stays in memory"):
+        changed = generate(pipe)  # releasing the VAE for the text encoder would lose the change: it is kept instead
+    assert "vae" in resident(pipe)
+    assert not np.array_equal(changed, generate(load(folder)))
+    assert np.array_equal(generate(pipe), changed)
+
+
+def test_parameters_added_after_loading_are_a_clear_error(folder):
+    pipe = load(folder, low_memory=True)
+    pipe.unet.conv_out.extra = nn.Parameter(torch.empty(3, device="meta"))  # as an adapter on a released model
+    with pytest.raises(ValueError, match="low_memory=True does not support adapters added after loading"):
+        generate(pipe)
+
+
+def test_low_memory_must_be_a_bool(folder):
+    with pytest.raises(TypeError, match="low_memory must be True or False"):
+        load(folder, low_memory="yes")
