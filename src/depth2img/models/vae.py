@@ -219,6 +219,7 @@ class AutoencoderKL(ModelMixin, AttentionBackendMixin):
         ``tile_sample_size``: tile side in pixels (default: ``config.sample_size``), a multiple of the VAE's
         downscale factor; ``overlap_factor``: fraction of a tile shared with its neighbour (default 0.25).
         """
+        sample, latent, overlap = self.tile_sample_min_size, self.tile_latent_min_size, self.tile_overlap_factor
         if tile_sample_size is not None:
             if (
                 isinstance(tile_sample_size, bool)
@@ -229,12 +230,13 @@ class AutoencoderKL(ModelMixin, AttentionBackendMixin):
                 raise ValueError(
                     f"tile_sample_size={tile_sample_size!r} must be a positive multiple of {self.downscale}"
                 )
-            self.tile_sample_min_size = tile_sample_size
-            self.tile_latent_min_size = tile_sample_size // self.downscale
+            sample, latent = tile_sample_size, tile_sample_size // self.downscale
         if overlap_factor is not None:
             if not 0.0 <= overlap_factor < 1.0:
                 raise ValueError(f"overlap_factor={overlap_factor!r} must be in [0, 1)")
-            self.tile_overlap_factor = float(overlap_factor)
+            overlap = float(overlap_factor)
+        _check_tiles_stitch(sample, latent, self.downscale, overlap)
+        self.tile_sample_min_size, self.tile_latent_min_size, self.tile_overlap_factor = sample, latent, overlap
         self.use_tiling = True
 
     def disable_tiling(self) -> None:
@@ -344,6 +346,25 @@ def _blend_into(previous: torch.Tensor, tile: torch.Tensor, overlap: int, dim: i
     w_prev = (1 - ramp).to(tile.dtype).to(tile.device).view(shape)
     head = tile.narrow(dim, 0, n)
     head.copy_(previous.narrow(dim, previous.shape[dim] - n, n) * w_prev + head * w_tile)
+
+
+def _check_tiles_stitch(sample: int, latent: int, downscale: int, overlap_factor: float) -> None:
+    """Refuse tile settings whose kept tile parts do not add up to the input's size.
+
+    ``_tiled`` steps ``int(tile * (1 - overlap))`` input pixels but keeps ``tile_out - int(tile_out * overlap)``
+    output pixels per tile; when rounding makes the two disagree (e.g. 16-pixel tiles, overlap 0.3), the stitched
+    result would silently have the wrong size (diffusers has the same flaw), or the step would be 0.
+    """
+    decode_step = int(latent * (1 - overlap_factor)) * downscale
+    decode_keep = sample - int(sample * overlap_factor)
+    encode_step = int(sample * (1 - overlap_factor))
+    encode_keep = (latent - int(latent * overlap_factor)) * downscale
+    if decode_step != decode_keep or encode_step != encode_keep or decode_step == 0:
+        raise ValueError(
+            f"tile_sample_size={sample} with overlap_factor={overlap_factor} does not stitch back to the image size "
+            f"(tiles step {decode_step} pixels but keep {decode_keep}); use an overlap of a whole number of latent "
+            f"pixels, e.g. overlap_factor=0.25 with a tile that is a multiple of {4 * downscale}"
+        )
 
 
 def _check_config(
