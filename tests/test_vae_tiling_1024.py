@@ -8,6 +8,7 @@ The VAE is narrow (8-16 channels) so that 1024² runs in about a second on one t
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from conftest import REPO_ROOT
 from depth2img.models import AutoencoderKL
 from model_pairs import load_config
 
@@ -207,3 +209,20 @@ def test_tile_settings_that_do_not_stitch_are_refused():
     vae.enable_tiling(tile_sample_size=16, overlap_factor=0.5)
     with torch.no_grad():
         assert vae.decode(torch.randn(1, 4, 20, 12)).sample.shape == (1, 3, 40, 24)
+
+
+def test_memory_benchmark_measures_both_modes():
+    """benchmarks/vae_tiling_memory.py's measurement, in this process on the tiny VAE (the script runs it in a
+    child per measurement): 64² image, 16-pixel tiles every 12 pixels -> 6×6 tiles."""
+    if str(REPO_ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not part of the package
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.vae_tiling_memory import measure_decode
+
+    untiled, tiled = (measure_decode("tiny", 64, mode, threads=1) for mode in ("untiled", "tiled"))
+    assert (untiled["decoder_calls"], tiled["decoder_calls"]) == (1, 36)
+    assert untiled["largest_decoder_input"] == (32, 32) and tiled["largest_decoder_input"] == (8, 8)
+    for row in (untiled, tiled):
+        assert row["output_shape"] == [1, 3, 64, 64] and row["finite"]
+        assert row["peak_gib"] >= row["before_gib"] > 0
+    with pytest.raises(ValueError, match="size=63 must be a multiple of the VAE's downscale factor 2"):
+        measure_decode("tiny", 63, "tiled", threads=1)
