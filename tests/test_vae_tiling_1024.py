@@ -63,7 +63,7 @@ def texture(size: int, seed: int = 1) -> torch.Tensor:
     """A (1, 3, size, size) image in [-1, 1]: smooth noise with features ~8-16 px, statistically alike everywhere.
 
     Tiling's main error is that each tile is GroupNorm-normalised with its own statistics; on an image whose
-    regions differ a lot at tile scale (e.g. large blobs: 16² noise upsampled) it is ~5× larger — see the docs.
+    regions differ a lot at tile scale (large blobs: 16² noise upsampled) it is 5-8× larger — see the docs.
     """
     noise = torch.randn(1, 3, size // 8, size // 8, generator=torch.Generator().manual_seed(seed))
     return F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
