@@ -83,7 +83,7 @@ SUITES = {
         threads=1,  # tiny models spend their time synchronising threads on a busy machine
         device="cpu",
         dtype="float32",
-        variants=("default", "low_memory", "bf16_autocast"),
+        variants=("default", "low_memory", "channels_last", "bf16"),
         memory_variants=("default", "low_memory"),
     ),
     "cpu": Suite(
@@ -97,8 +97,8 @@ SUITES = {
         threads=0,
         device="cpu",
         dtype="float32",
-        variants=("default",),
-        memory_variants=("default", "low_memory"),
+        variants=("default", "channels_last", "bf16"),
+        memory_variants=("default", "low_memory", "low_memory_bf16"),
     ),
     "gpu": Suite(
         architecture="sd2-depth",
@@ -273,10 +273,14 @@ def measure_stages(folder: Path, suite: Suite, variants: list[str], log) -> list
         pipes[name] = load_pipeline(OURS, folder, name, device=suite.device, dtype=dtype)
     rows = []
     for size in suite.sizes:
-        inputs = make_inputs(folder, size, suite.steps, device=suite.device, dtype=dtype)
+        # The same seeded inputs for everyone, cast to the dtype of each variant's weights.
+        inputs = {
+            name: make_inputs(folder, size, suite.steps, device=suite.device, dtype=_dtype_of(name, dtype))
+            for name in pipes
+        }
         for stage in suite.stages:
             runners = {
-                name: STAGE_FUNCTIONS[stage](pipe, REFERENCE if name == REFERENCE else OURS, inputs)
+                name: STAGE_FUNCTIONS[stage](pipe, REFERENCE if name == REFERENCE else OURS, inputs[name])
                 for name, pipe in pipes.items()
             }
             timed = interleaved(
@@ -297,6 +301,10 @@ def measure_stages(folder: Path, suite: Suite, variants: list[str], log) -> list
     gc.collect()
     trim_heap()
     return rows
+
+
+def _dtype_of(name: str, suite_dtype: torch.dtype) -> torch.dtype:
+    return suite_dtype if name == REFERENCE else (variant(name).dtype or suite_dtype)
 
 
 def _run_child(side: str, folder: Path, size: int, suite: Suite, variant_name: str, save: Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class Variant:
     exact: bool  # must match the reference within 1e-4 (else: an approximate mode, reported by PSNR)
     description: str
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+    dtype: torch.dtype | None = None  # the weights' dtype, instead of the suite's (inputs are cast to it too)
     setup: Callable[[Any], None] | None = None  # called on the loaded pipeline
     context: Callable[[], contextlib.AbstractContextManager] | None = None  # wraps every timed call
 
@@ -48,8 +49,8 @@ class Variant:
         return self.context() if self.context is not None else contextlib.nullcontext()
 
 
-def _bf16_autocast() -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def _vae_channels_last(pipe: Any) -> None:
+    pipe.vae.to(memory_format=torch.channels_last)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -63,10 +64,24 @@ VARIANTS: dict[str, Variant] = {
             load_kwargs={"low_memory": True},
         ),
         Variant(
-            "bf16_autocast",
+            "channels_last",
+            True,
+            "default, then pipe.vae.to(memory_format=torch.channels_last): NHWC convolutions in the VAE (CPU speed; "
+            "float32, but not the reference's rounding)",
+            setup=_vae_channels_last,
+        ),
+        Variant(
+            "bf16",
             False,
-            "default weights, every call under torch.autocast('cpu', bfloat16) (approximate)",
-            context=_bf16_autocast,
+            "from_pretrained(folder, torch_dtype=torch.bfloat16): bfloat16 weights and activations (approximate)",
+            dtype=torch.bfloat16,
+        ),
+        Variant(
+            "low_memory_bf16",
+            False,
+            "low_memory=True and torch_dtype=torch.bfloat16 (approximate)",
+            load_kwargs={"low_memory": True},
+            dtype=torch.bfloat16,
         ),
     )
 }
@@ -114,6 +129,7 @@ def load_pipeline(
         from depth2img import Depth2ImgPipeline
 
         chosen = variant(variant_name)
+        dtype = chosen.dtype or dtype
         pipe = Depth2ImgPipeline.from_pretrained(str(folder), torch_dtype=dtype, **chosen.load_kwargs)
         if chosen.setup is not None:
             chosen.setup(pipe)
