@@ -294,7 +294,13 @@ def measure_stages(folder: Path, suite: Suite, variants: list[str], log) -> list
             reference_out = as_array(timed[REFERENCE].output)
             for name in variants:
                 cell = fidelity(as_array(timed[name].output), reference_out, variant(name).exact)
-                rows.append(_row(stage, size, name, "seconds", timed[name].samples, timed[REFERENCE].samples, cell))
+                warmups = {
+                    "ours_warmup": timed[name].warmup_samples,
+                    "reference_warmup": timed[REFERENCE].warmup_samples,
+                }
+                rows.append(
+                    _row(stage, size, name, "seconds", timed[name].samples, timed[REFERENCE].samples, cell, **warmups)
+                )
                 log(rows[-1])
             del runners, timed
     pipes.clear()  # free both sides' models before the child processes run

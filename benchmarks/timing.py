@@ -24,6 +24,7 @@ class Timed:
     """The samples (seconds) of one runner and its last output."""
 
     samples: list[float] = field(default_factory=list)
+    warmup_samples: list[float] = field(default_factory=list)  # one-off costs show here (e.g. torch.compile)
     output: Any = None
 
     @property
@@ -65,7 +66,8 @@ def interleaved(
 
     for _ in range(warmup):
         for name in runners:
-            results[name].output = call(name)[1]
+            seconds, results[name].output = call(name)
+            results[name].warmup_samples.append(seconds)
     for _ in range(repeats):
         for name in runners:
             seconds, output = call(name)
