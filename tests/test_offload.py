@@ -89,3 +89,10 @@ def test_parameters_added_after_loading_are_a_clear_error(folder):
 def test_low_memory_must_be_a_bool(folder):
     with pytest.raises(TypeError, match="low_memory must be True or False"):
         load(folder, low_memory="yes")
+
+
+def test_save_pretrained_writes_every_weight_then_releases(folder, tmp_path):
+    pipe = load(folder, low_memory=True)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert resident(pipe) == set()
+    assert np.array_equal(generate(load(tmp_path / "saved")), generate(load(folder)))

@@ -20,11 +20,12 @@ reported with one clear error when the model is next needed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,14 @@ from torch import nn
 
 from .loading.weights import find_weights_files, read_weights
 
-__all__ = ["OFFLOADED_COMPONENTS", "LowMemoryGroup", "enable_low_memory", "module_device", "move_module"]
+__all__ = [
+    "OFFLOADED_COMPONENTS",
+    "LowMemoryGroup",
+    "all_weights_loaded",
+    "enable_low_memory",
+    "module_device",
+    "move_module",
+]
 
 OFFLOADED_COMPONENTS = ("text_encoder", "depth_estimator", "vae", "unet")
 # Base names of the weights files: diffusers models, then transformers models.
@@ -152,6 +160,17 @@ class LowMemoryGroup:
         """Release every model (e.g. between generations, to return to the smallest footprint)."""
         for entry in self.models.values():
             self.release(entry)
+
+    @contextlib.contextmanager
+    def all_loaded(self) -> Iterator[None]:
+        """Every model resident for the duration (saving needs every weight), all released afterwards."""
+        for entry in self.models.values():
+            if not entry.loaded:
+                self._load(entry)
+        try:
+            yield
+        finally:
+            self.release_all()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -273,6 +292,12 @@ def _component_folders(source: str | os.PathLike, names: Iterable[str], hub_opti
             except (FileNotFoundError, ModelFilesNotFoundError):
                 continue
     return folders
+
+
+def all_weights_loaded(pipe: Any) -> contextlib.AbstractContextManager:
+    """For the duration, every model of a low-memory pipeline holds its weights (a no-op for other pipelines)."""
+    group = getattr(pipe, "_low_memory", None)
+    return group.all_loaded() if group is not None else contextlib.nullcontext()
 
 
 def module_device(module: nn.Module) -> torch.device:

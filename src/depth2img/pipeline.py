@@ -246,8 +246,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
     def save_pretrained(self, save_directory: str | os.PathLike, variant: str | None = None) -> None:
         """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component)."""
         from .loading.pipeline_folder import save_pipeline
+        from .offload import all_weights_loaded  # low_memory: released models load their weights to be saved
 
-        save_pipeline(self, save_directory, variant=variant)
+        with all_weights_loaded(self):
+            save_pipeline(self, save_directory, variant=variant)
 
     # ------------------------------------------------------------------ memory and speed toggles
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
