@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import resource
 
 GIB = 1024**3
@@ -46,8 +47,12 @@ def memory_status() -> dict[str, float]:
 
 def trim_heap() -> None:
     """Give freed heap memory back to the system (glibc ``malloc_trim``), so RSS reflects what is still used."""
-    name = ctypes.util.find_library("c")
-    if name:
-        libc = ctypes.CDLL(name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
+    return ctypes.CDLL(name) if name else None

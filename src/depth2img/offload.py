@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -226,10 +227,15 @@ def _move_buffers(module: nn.Module, device: torch.device) -> None:
 
 def _trim_heap() -> None:
     """Hand freed heap pages back to the system (glibc), so the next model does not stack on top of them."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
+    libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
+    return ctypes.CDLL(name) if name else None
 
 
 def _weights_files(folder: Path, variant: str | None) -> list[Path] | None:
