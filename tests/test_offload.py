@@ -96,3 +96,10 @@ def test_save_pretrained_writes_every_weight_then_releases(folder, tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
     assert resident(pipe) == set()
     assert np.array_equal(generate(load(tmp_path / "saved")), generate(load(folder)))
+
+
+def test_torch_dtype_is_applied_when_each_model_loads(folder):
+    expected = generate(load(folder, torch_dtype=torch.float64))
+    pipe = load(folder, low_memory=True, torch_dtype=torch.float64)
+    assert pipe.dtype == torch.float64 and pipe.text_encoder.dtype == torch.float64 and resident(pipe) == set()
+    assert np.array_equal(generate(pipe), expected)

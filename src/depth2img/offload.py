@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -60,6 +61,17 @@ class _Slot:
     version: int = -1  # the tensor's in-place version counter right after loading
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """One tensor of a safetensors file: its dtype, shape and byte range."""
+
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute offset in the file
+    end: int
+
+
 @dataclass
 class _Offloaded:
     """A model that can be released and reloaded from its weights files."""
@@ -73,6 +85,7 @@ class _Offloaded:
     loaded: bool = True
     pinned_reason: str | None = None  # set when the model must stay resident from now on
     hooks: list[Any] = field(default_factory=list)
+    layout: dict[str, _Stored] | None = None  # where each tensor lies in safetensors files (None: other formats)
 
 
 class LowMemoryGroup:
@@ -82,7 +95,7 @@ class LowMemoryGroup:
         self.models: dict[str, _Offloaded] = {}
 
     # ------------------------------------------------------------------ setup
-    def add(self, name: str, module: nn.Module, files: Sequence[Path], dtype: torch.dtype | None) -> bool:
+    def add(self, name: str, module: nn.Module, files: Sequence[Path]) -> bool:
         """Make ``module`` offloadable (released now); False, leaving it resident, if its parameters cannot all be
         found in ``files``."""
         slots = _slots_in_files(module, files)
@@ -90,7 +103,7 @@ class LowMemoryGroup:
             return False
         first = next(module.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-        entry = _Offloaded(name, module, list(files), slots, device, dtype)
+        entry = _Offloaded(name, module, list(files), slots, device, None, layout=_safetensors_layout(files))
         for slot in slots:
             slot.version = _tensor_of(slot)._version
         entry.hooks = [m.register_forward_pre_hook(self._pre_hook(entry)) for m in module.modules()]
@@ -145,13 +158,9 @@ class LowMemoryGroup:
                 f"that are not in its weights file ({', '.join(left[:3])}); load the pipeline with low_memory=False "
                 "to use LoRA or textual inversion"
             )
-        state = read_weights(entry.files)
+        tensors = dict(_read_for(entry))
         for slot in entry.slots:
-            tensor = state.pop(slot.key)
-            if entry.dtype is not None and tensor.is_floating_point():
-                tensor = tensor.to(entry.dtype)  # no copy when the file already has this dtype
-            tensor = tensor.to(entry.device)
-            parameter = nn.Parameter(tensor, requires_grad=slot.requires_grad)
+            parameter = nn.Parameter(tensors.pop(slot.key), requires_grad=slot.requires_grad)
             for owner, attribute in slot.owners:
                 owner._parameters[attribute] = parameter
             slot.version = parameter._version
@@ -238,6 +247,72 @@ def _libc() -> ctypes.CDLL | None:
     return ctypes.CDLL(name) if name else None
 
 
+def _read_for(entry: _Offloaded) -> Iterator[tuple[str, torch.Tensor]]:
+    """The entry's parameters from its files, in the entry's dtype and on its device.
+
+    Without conversion the file is memory-mapped (no copy). With one (another dtype, another device) each tensor is
+    read, converted and its buffer dropped before the next: memory-mapping would keep every page of the file that
+    the conversion touched resident until the whole file is unmapped, i.e. the file's size on top of the result.
+    """
+    keys = [slot.key for slot in entry.slots]
+    layout = entry.layout
+
+    def converts(dtype: torch.dtype) -> bool:
+        return entry.dtype is not None and dtype.is_floating_point and dtype != entry.dtype
+
+    if layout is None or (entry.device.type == "cpu" and not any(converts(layout[key].dtype) for key in keys)):
+        state = read_weights(entry.files)
+        for key in keys:
+            tensor = state.pop(key)
+            if converts(tensor.dtype):
+                tensor = tensor.to(entry.dtype)
+            yield key, tensor.to(entry.device)
+        return
+    for key in sorted(keys, key=lambda k: (str(layout[k].path), layout[k].start)):  # sequential reads
+        stored = layout[key]
+        tensor = _read_stored(stored)
+        yield key, tensor.to(device=entry.device, dtype=entry.dtype if converts(stored.dtype) else stored.dtype)
+
+
+def _read_stored(stored: _Stored) -> torch.Tensor:
+    size = stored.end - stored.start
+    if size == 0:
+        return torch.empty(stored.shape, dtype=stored.dtype)
+    buffer = bytearray(size)
+    with open(stored.path, "rb", buffering=0) as file:
+        file.seek(stored.start)
+        if file.readinto(buffer) != size:
+            raise OSError(f"{stored.path} is shorter than its header says; was it changed after loading?")
+    return torch.frombuffer(buffer, dtype=stored.dtype).reshape(stored.shape)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _safetensors_layout(files: Sequence[Path]) -> dict[str, _Stored] | None:
+    """Every tensor's place in the (safetensors) files, from their headers; None for other formats or dtypes."""
+    layout = {}
+    for path in files:
+        if path.suffix != ".safetensors":
+            return None
+        with open(path, "rb") as file:
+            header_size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(header_size))
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                return None
+            begin, end = info["data_offsets"]
+            layout[key] = _Stored(path, dtype, tuple(info["shape"]), 8 + header_size + begin, 8 + header_size + end)
+    return layout
+
+
 def _weights_files(folder: Path, variant: str | None) -> list[Path] | None:
     for base in _WEIGHTS_NAMES:
         try:
@@ -259,8 +334,10 @@ def enable_low_memory(
 ) -> LowMemoryGroup:
     """Make the large models of ``pipe``, just loaded from ``source`` (a folder or downloaded Hub repo), offloadable.
 
-    Components in ``given`` (passed to ``from_pretrained`` as objects) stay resident, as do models whose parameters
-    cannot all be matched to their weights file (with a warning).
+    The models are expected in their files' dtype (loaded without ``torch_dtype``: nothing converted, nothing
+    read yet); ``torch_dtype`` is applied here, so a converting load never holds the whole file in memory.
+    Components in ``given`` (passed to ``from_pretrained`` as objects) stay resident and as they are, as do models
+    whose parameters cannot all be matched to their weights file (with a warning).
     """
     from .loading.model_folder import resolve_dtype
 
@@ -273,11 +350,13 @@ def enable_low_memory(
         if not isinstance(module, nn.Module):
             continue
         files = _weights_files(folders[name], variant) if name in folders else None
-        if files is None or not group.add(name, module, files, dtype):
+        if files is None or not group.add(name, module, files):
             warnings.warn(
                 f"low_memory: the {name} stays in memory: its parameters could not be matched to a weights file",
                 stacklevel=3,
             )
+        if dtype is not None:  # the models were loaded in the files' dtype; released ones cast when they load
+            move_module(module, None, dtype)
     pipe._low_memory = group
     return group
 

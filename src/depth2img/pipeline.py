@@ -200,7 +200,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         pipe = load_pipeline(
             cls,
             pretrained_model_name_or_path,
-            torch_dtype=torch_dtype,
+            torch_dtype=None if low_memory else torch_dtype,  # low_memory converts each model when it loads
             variant=variant,
             local_files_only=local_files_only,
             **component_overrides,
