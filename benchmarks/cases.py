@@ -143,9 +143,10 @@ def vae_encode(pipe: Any, side: str, x: StageInputs) -> Callable[[], torch.Tenso
 
 def unet_step(pipe: Any, side: str, x: StageInputs) -> Callable[[], torch.Tensor]:
     """One UNet evaluation at batch 2 (negative and positive prompt: classifier-free guidance)."""
+    timestep = torch.tensor(UNET_TIMESTEP, device=x.device)  # a 0-d tensor, as the scheduler gives the pipeline
 
     def run() -> torch.Tensor:
-        return pipe.unet(x.unet_sample, UNET_TIMESTEP, encoder_hidden_states=x.text_embeddings, return_dict=False)[0]
+        return pipe.unet(x.unet_sample, timestep, encoder_hidden_states=x.text_embeddings, return_dict=False)[0]
 
     return run
 
