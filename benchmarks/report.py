@@ -1,6 +1,7 @@
 """Benchmark JSON → markdown table, and the README's performance table spliced in from a recorded run.
 
-    python -m benchmarks.report benchmarks/results/cpu.json                       # print the table
+    python -m benchmarks.report benchmarks/results/cpu.json                       # print the README's table
+    python -m benchmarks.report benchmarks/results/cpu.json --all-rows            # every row
     python -m benchmarks.report benchmarks/results/cpu.json --out benchmarks/results/README_TABLE.md
     python -m benchmarks.report benchmarks/results/cpu.json --readme README.md    # replace the marked block
 
@@ -31,6 +32,7 @@ STAGE_LABELS = {
     "full_pipeline": "Full pipeline",
     "cold_start": "Cold start to first image",
     "peak_rss": "Peak RSS, load + 1 image",
+    "peak_cuda": "Peak CUDA memory, load + 1 image",
 }
 
 
@@ -73,13 +75,23 @@ def _variant(row: dict[str, Any]) -> str:
 
 def _stage_label(row: dict[str, Any], settings: dict[str, Any]) -> str:
     label = STAGE_LABELS.get(row["stage"], row["stage"])
-    if row["stage"] in ("full_pipeline", "cold_start", "peak_rss"):
+    if row["stage"] in ("full_pipeline", "cold_start", "peak_rss", "peak_cuda"):
         label += f" ({settings['steps']} steps, strength {settings['strength']:g})"
     return label
 
 
-def markdown_table(result: dict[str, Any]) -> str:
-    """The comparison table of one run, with a line saying what was measured, where and how."""
+# The README's table: every default row, and the other variants where they matter to a user (whole generations,
+# memory, cold start); the full table stays in benchmarks/results/.
+README_STAGES = ("full_pipeline", "peak_rss", "peak_cuda", "cold_start")
+
+
+def readme_rows(row: dict[str, Any]) -> bool:
+    return row["variant"] == "default" or row["stage"] in README_STAGES
+
+
+def markdown_table(result: dict[str, Any], keep: Any = None) -> str:
+    """The comparison table of one run (the rows ``keep(row)`` accepts, default all), with a line saying what was
+    measured, where and how."""
     settings, env = result["settings"], result["environment"]
     lines = [
         f"Suite `{result['suite']}`: {settings['architecture']} architecture with random weights, "
@@ -94,6 +106,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
+        if keep is not None and not keep(row):
+            continue
         size = f"{row['size']}²" if row.get("size") else "—"
         lines.append(
             f"| {_stage_label(row, settings)} | {size} | {_variant(row)} | {_value(row['ours'], row['metric'])} | "
@@ -117,8 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("result", type=Path, help="a JSON file written by python -m benchmarks.run")
     parser.add_argument("--out", type=Path, help="write the table to this markdown file")
     parser.add_argument("--readme", type=Path, help="replace the perf-table block of this README")
+    parser.add_argument("--all-rows", action="store_true", help="every row (default: the README's selection)")
     args = parser.parse_args(argv)
-    table = markdown_table(json.loads(args.result.read_text(encoding="utf-8")))
+    result = json.loads(args.result.read_text(encoding="utf-8"))
+    table = markdown_table(result, keep=None if args.all_rows else readme_rows)
+    if not args.all_rows:
+        table += f"\nAll rows (every variant and stage): `{args.result.with_suffix('.md').as_posix()}`.\n"
     if args.out:
         atomic_write_text(args.out, table)
     if args.readme:

@@ -49,7 +49,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 SCHEMA = "depth2img-benchmark/1"
 # (row stage, key of the child's report, unit) of each child-process row
-CHILD_ROWS = (("peak_rss", "peak_rss_gib", "GiB"), ("cold_start", "first_image_s", "seconds"))
+CHILD_ROWS = (
+    ("peak_rss", "peak_rss_gib", "GiB"),
+    ("peak_cuda", "peak_cuda_gib", "GiB"),  # GPU runs only
+    ("cold_start", "first_image_s", "seconds"),
+)
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,8 @@ def measure_memory(folder: Path, suite: Suite, variants: list[str], log) -> list
                 cell = fidelity(np.load(runs[name][-1]["images"]), reference_images, variant(name).exact)
                 details = {"ours_runs": _strip(runs[name]), "reference_runs": _strip(runs[REFERENCE])}
                 for stage, key, metric in CHILD_ROWS:
+                    if key not in runs[name][-1]:
+                        continue
                     ours, reference = [r[key] for r in runs[name]], [r[key] for r in runs[REFERENCE]]
                     rows.append(_row(stage, size, name, metric, ours, reference, cell, **details))
                     log(rows[-1])

@@ -103,3 +103,18 @@ def test_torch_dtype_is_applied_when_each_model_loads(folder):
     pipe = load(folder, low_memory=True, torch_dtype=torch.float64)
     assert pipe.dtype == torch.float64 and pipe.text_encoder.dtype == torch.float64 and resident(pipe) == set()
     assert np.array_equal(generate(pipe), expected)
+
+
+def test_the_docs_examples_run(tmp_path, monkeypatch, capsys):
+    """docs/benchmarks.md promises runnable examples: its python blocks run in order, in a scratch folder."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    blocks = re.findall(r"```python\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "docs_example"}
+    for block in blocks:
+        exec(compile(block, str(docs), "exec"), namespace)
+    assert capsys.readouterr().out.split() == ["0.0", "True"]
