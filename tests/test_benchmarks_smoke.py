@@ -86,6 +86,16 @@ def test_approximate_rows_report_psnr(tiny_result):
         assert row["fidelity"]["value"] > 20  # bf16 of a random tiny model: far from noise, far from exact
 
 
+def test_readme_table_keeps_default_rows_and_whole_generations(tiny_result):
+    from benchmarks.report import markdown_table, readme_rows
+
+    result, _ = tiny_result
+    table = markdown_table(result, keep=readme_rows)
+    assert "| UNet step (batch 2, guidance) | 64² | default |" in table
+    assert "| UNet step (batch 2, guidance) | 64² | bf16 |" not in table
+    assert "| 64² | bf16 |" in table  # its full-pipeline and memory rows stay
+
+
 def test_report_splices_between_markers_only():
     from benchmarks.report import END_MARKER, START_MARKER, splice
 
