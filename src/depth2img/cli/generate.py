@@ -117,7 +117,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     hardware.add_argument(
         "--vae-tiling", action=argparse.BooleanOptionalAction, help="decode in tiles (large images, less memory)"
     )
-    # The benchmarks issue adds --low-memory to this group and passes it on in pipeline_setup.load_pipeline.
+    hardware.add_argument(
+        "--low-memory", action="store_true",
+        help="hold each model in memory only while it runs (about 40%% less peak memory, same images)",
+    )  # fmt: skip
 
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -152,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline_setup import apply_options, load_pipeline
 
     settings = plan.settings
-    pipe = load_pipeline(plan.source, dtype=plan.dtype, offline=args.offline, quiet=args.quiet)
+    pipe = load_pipeline(
+        plan.source, dtype=plan.dtype, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory
+    )
     pipe = pipe.to(plan.device)
     apply_options(
         pipe,
@@ -207,6 +212,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
     namer.prepare()
     source = check_model(settings.model, args.offline)
+    if args.low_memory:
+        _check_low_memory(source, settings)
     if source.kind != "repo":
         settings.model = source.location
     from .devices import dtype_name, resolve_dtype  # imports torch: after the cheap checks
@@ -342,3 +349,12 @@ def _sampler_label(pipe: Any, name: str | None) -> str:
         return preset.label or preset.name
     class_name = type(pipe.scheduler).__name__
     return _A1111_SAMPLERS.get(class_name, class_name)
+
+
+def _check_low_memory(source: Any, settings: Any) -> None:
+    """--low-memory reloads each model from its folder's files when it runs: it needs such files, and models
+    whose weights stay as loaded (adapters change them after loading)."""
+    if source.kind == "file":
+        raise CliError("--low-memory works with a model folder or repo id, not a single-file checkpoint")
+    if settings.loras or settings.embeddings:
+        raise CliError("--low-memory cannot be combined with --lora or --embedding (adapters change loaded models)")

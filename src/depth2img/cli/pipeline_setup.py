@@ -89,7 +89,9 @@ def check_adapter_support(loras: list[tuple[str, float]], embeddings: list[tuple
                 raise CliError(f"{flag}: file not found: {path}")
 
 
-def load_pipeline(source: ModelSource, *, dtype: Any, offline: bool, quiet: bool, depth_only: bool = False) -> Any:
+def load_pipeline(
+    source: ModelSource, *, dtype: Any, offline: bool, quiet: bool, depth_only: bool = False, low_memory: bool = False
+) -> Any:
     """Load the pipeline from ``source`` in ``dtype``; loading failures become one-line errors.
 
     ``depth_only`` skips the UNet, VAE and text encoder of a folder or repo (``depth2img depth`` needs only
@@ -101,8 +103,9 @@ def load_pipeline(source: ModelSource, *, dtype: Any, offline: bool, quiet: bool
     from ..pipeline import Depth2ImgPipeline
 
     transformers_logging.disable_progress_bar()  # per-tensor "Loading weights" bars: noise on a command line
-    # --low-memory (benchmarks issue) adds its keyword here: from_pretrained(..., low_memory=True).
     options: dict[str, Any] = {"torch_dtype": dtype}
+    if low_memory:  # folders and repo ids only: checked before loading (generate._check_low_memory)
+        options["low_memory"] = True
     try:
         if source.kind == "file":
             pipe = Depth2ImgPipeline.from_single_file(source.location, **options)
