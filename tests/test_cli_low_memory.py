@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_cli import generate, pixels, photo, tiny_model  # noqa: F401 (session fixtures shared with test_cli)
 
 from depth2img.cli import main
+from test_cli import generate, photo, pixels, tiny_model  # noqa: F401 (session fixtures shared with test_cli)
 
 
 def test_low_memory_gives_the_same_pixels(capsys, tiny_model, photo, tmp_path):  # noqa: F811
