@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from ..configuration import explicit_config
+from ..utils.random import randn_tensor
 from .base import SchedulerOutput
 from .sigmas import (
     FINAL_SIGMAS_TYPES,
     Generator,
     SigmaSchedulerMixin,
-    gaussian_noise,
     half_log_snr,
     interpolate_sigmas,
     karras_sigmas,
@@ -185,7 +185,7 @@ class DPMSolverMultistepScheduler(SigmaSchedulerMixin):
         noise = None
         if config.algorithm_type == "sde-dpmsolver++":
             if variance_noise is None:
-                noise = gaussian_noise(model_output.shape, generator, model_output.device, torch.float32)
+                noise = randn_tensor(model_output.shape, generator, model_output.device, torch.float32)
             else:
                 noise = variance_noise.to(device=model_output.device, dtype=torch.float32)
 

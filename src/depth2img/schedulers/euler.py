@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.random import randn_tensor
 from .base import SchedulerOutput
 from .sigmas import (
     FINAL_SIGMAS_TYPES,
     Generator,
     KarrasSamplerMixin,
     fractional_timesteps,
-    gaussian_noise,
     interpolate_sigmas,
     karras_sigmas,
     sigmas_to_timesteps,
@@ -98,7 +98,7 @@ class EulerDiscreteScheduler(KarrasSamplerMixin):
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
-            noise = gaussian_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
             sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
 
         # diffusers reads an ε-prediction at σ̂ but a v-prediction at σ; mirrored so churned runs match it.

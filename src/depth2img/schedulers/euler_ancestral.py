@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.random import randn_tensor
 from .base import SchedulerOutput
 from .sigmas import (
     Generator,
     KarrasSamplerMixin,
     fractional_timesteps,
-    gaussian_noise,
     interpolate_sigmas,
     to_d,
 )
@@ -87,7 +87,7 @@ class EulerAncestralDiscreteScheduler(KarrasSamplerMixin):
         sigma_down, sigma_up = ancestral_step(sigma, self.sigmas[i + 1])
         d = to_d(sample, sigma, denoised)
         prev_sample = sample + d * (sigma_down - sigma)
-        noise = gaussian_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+        noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
         prev_sample = (prev_sample + noise * sigma_up).to(model_output.dtype)
 
         self._step_index += 1

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.random import randn_tensor
 from .base import (
     PREDICTION_TYPES,
     SchedulerMixin,
@@ -34,7 +33,6 @@ __all__ = [
     "FINAL_SIGMAS_TYPES",
     "KarrasSamplerMixin",
     "SigmaSchedulerMixin",
-    "gaussian_noise",
     "half_log_snr",
     "interpolate_sigmas",
     "karras_sigmas",
@@ -155,11 +153,6 @@ def model_output_to_noise(
     if prediction == "v_prediction":
         return alpha_t * model_output + sigma_t * sample
     return model_output
-
-
-# ---------------------------------------------------------------------------------------------- randomness
-# The stochastic samplers draw their noise exactly as the reference does (one shared implementation).
-gaussian_noise = randn_tensor
 
 
 # ---------------------------------------------------------------------------------------------- shared bookkeeping
