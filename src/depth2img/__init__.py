@@ -20,6 +20,7 @@ _EXPORTS = {
     "DPTPreprocessor": ".depth",
     "UNet2DConditionModel": ".models",
     "AutoencoderKL": ".models",
+    "use_reference_arithmetic": ".models",
     "DDPMScheduler": ".schedulers",
     "DDIMScheduler": ".schedulers",
     "PNDMScheduler": ".schedulers",

@@ -1,6 +1,7 @@
 """Our own UNet and VAE, with the published checkpoints' parameter names (weights load unchanged)."""
 
 from .attention import Attention, AttentionBackendMixin
+from .blocks import use_reference_arithmetic
 from .modeling import ModelMixin
 from .unet import UNet2DConditionModel, UNet2DConditionOutput
 from .vae import AutoencoderKL, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
@@ -15,4 +16,5 @@ __all__ = [
     "ModelMixin",
     "UNet2DConditionModel",
     "UNet2DConditionOutput",
+    "use_reference_arithmetic",
 ]
