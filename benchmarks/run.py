@@ -101,7 +101,7 @@ SUITES = {
         threads=0,
         device="cpu",
         dtype="float32",
-        variants=("default", "channels_last", "compile", "bf16"),
+        variants=("default", "reference_arithmetic", "channels_last", "compile", "bf16"),
         memory_variants=("default", "low_memory", "low_memory_bf16"),
     ),
     "gpu": Suite(

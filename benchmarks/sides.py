@@ -55,6 +55,10 @@ def _vae_channels_last(pipe: Any) -> None:
     enable_cpu_speedups(pipe, channels_last=True)
 
 
+def _reference_arithmetic(pipe: Any) -> None:
+    pipe.use_reference_arithmetic()
+
+
 def _compile_unet(pipe: Any) -> None:
     from depth2img.speed import enable_cpu_speedups
 
@@ -65,6 +69,13 @@ VARIANTS: dict[str, Variant] = {
     variant.name: variant
     for variant in (
         Variant("default", True, "Depth2ImgPipeline.from_pretrained(folder)"),
+        Variant(
+            "reference_arithmetic",
+            True,
+            "pipe.use_reference_arithmetic(): the UNet and VAE do the reference's float operations exactly (no "
+            "folded upsampling), for bit-identical models",
+            setup=_reference_arithmetic,
+        ),
         Variant(
             "low_memory",
             True,
