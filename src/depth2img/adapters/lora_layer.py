@@ -84,6 +84,23 @@ class LoRALayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    # ... and its sizes, for code that reads e.g. ``conv_in.in_channels`` (the UNet's input checks).
+    @property
+    def in_channels(self) -> int:
+        return self.base_layer.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.base_layer.out_channels
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
     @property
     def is_conv(self) -> bool:
         return isinstance(self.base_layer, nn.Conv2d)
