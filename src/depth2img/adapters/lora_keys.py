@@ -13,7 +13,10 @@ Three layouts are read; each names, for one ``nn.Linear`` / ``nn.Conv2d`` of the
 - **kohya / A1111** (``lora_unet_<module with _ for .>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``;
   ``lora_te_text_model_encoder_layers_0_self_attn_q_proj...`` for the text encoder, SD2 included): ``s = alpha /
   rank`` (1 when ``.alpha`` is absent). Module names contain underscores themselves, so names are resolved by
-  looking them up among the model's own module names rather than by string surgery.
+  looking them up among the model's own module names rather than by string surgery. UNet layers are named
+  either after diffusers (``lora_unet_down_blocks_0_...``) or after the original ldm checkpoint
+  (``lora_unet_input_blocks_1_1_proj_in``, ``lora_unet_output_blocks_2_1_conv``, see ``ldm_lora_names``); a file
+  uses one naming, detected per file.
 
 Text-encoder names are compared without transformers' ``text_model.`` prefix, which transformers 5 removed from
 ``CLIPTextModel``'s module tree but files written with transformers 4 (and all kohya files) still carry.
@@ -29,6 +32,8 @@ from typing import Any
 
 import torch
 
+from .ldm_lora_names import is_ldm_name, ldm_module_names
+
 __all__ = [
     "COMPONENTS",
     "LoRAWeights",
@@ -40,7 +45,8 @@ __all__ = [
 
 COMPONENTS = ("unet", "text_encoder")
 TEXT_MODEL_PREFIX = "text_model."
-_KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
+_KOHYA_UNET = "lora_unet_"
+_KOHYA_PREFIXES = {_KOHYA_UNET: "unet", "lora_te_": "text_encoder"}
 _MAX_LISTED = 5
 
 
@@ -142,9 +148,14 @@ def _from_kohya(
     for key, tensor in state_dict.items():
         lora_name, _, part = key.partition(".")
         groups.setdefault(lora_name, {})[part] = tensor
-    lookup = {
-        _kohya_name(component, name): (component, name) for component, names in module_names.items() for name in names
-    }
+    ldm_names = _uses_ldm_unet_names(groups)
+    lookup: dict[str, tuple[str, str]] = {}
+    for component, names in module_names.items():
+        if component == "unet" and ldm_names:
+            table = ldm_module_names(names)
+            lookup.update({_KOHYA_UNET + ldm.replace(".", "_"): (component, ours) for ldm, ours in table.items()})
+        else:
+            lookup.update({_kohya_name(component, name): (component, name) for name in names})
     converted: dict[str, dict[str, LoRAWeights]] = {}
     unknown = []
     for lora_name, parts in groups.items():
@@ -164,10 +175,25 @@ def _from_kohya(
         converted.setdefault(component, {})[module] = LoRAWeights(down, up, alpha / rank)
     if unknown:
         raise ValueError(
-            f"{len(unknown)} kohya LoRA entries match no layer of this model (is the LoRA for another base model?): "
+            f"{len(unknown)} kohya LoRA entries match no layer of this model (is the LoRA for another base model?"
+            + ("; its UNet names were read as original ldm names" if ldm_names else "")
+            + "): "
             + _listed(unknown)
         )
     return converted
+
+
+def _uses_ldm_unet_names(lora_names: Collection[str]) -> bool:
+    """Whether the file names UNet layers as the original checkpoint does; a file uses one naming throughout."""
+    unet_names = [name[len(_KOHYA_UNET) :] for name in lora_names if name.startswith(_KOHYA_UNET)]
+    ldm = [name for name in unet_names if is_ldm_name(name)]
+    if ldm and len(ldm) < len(unet_names):
+        other = next(name for name in unet_names if not is_ldm_name(name))
+        raise ValueError(
+            f"this kohya LoRA mixes original (ldm) UNet layer names such as {_KOHYA_UNET + ldm[0]!r} with diffusers "
+            f"names such as {_KOHYA_UNET + other!r}; a file must use one naming"
+        )
+    return bool(ldm)
 
 
 def _kohya_name(component: str, module_name: str) -> str:
@@ -175,7 +201,7 @@ def _kohya_name(component: str, module_name: str) -> str:
         # kohya names the text encoder's layers as transformers 4 did: text_model.encoder.layers...
         module_name = TEXT_MODEL_PREFIX + _strip_text_model(module_name)
         return "lora_te_" + module_name.replace(".", "_")
-    return "lora_unet_" + module_name.replace(".", "_")
+    return _KOHYA_UNET + module_name.replace(".", "_")
 
 
 # ---------------------------------------------------------------------------------------------------------------
