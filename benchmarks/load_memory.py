@@ -2,6 +2,7 @@
 
     nice python benchmarks/load_memory.py                 # full-size SD2-depth UNet (writes ~3.5 GB to a temp dir)
     nice python benchmarks/load_memory.py --reference     # also diffusers' UNet2DConditionModel.from_pretrained
+    nice python benchmarks/load_memory.py --dtype bfloat16   # from_pretrained(torch_dtype=torch.bfloat16)
     python benchmarks/load_memory.py --config tiny        # quick check of the script itself
 
 Every measurement runs in a fresh child process, so each peak RSS (``ru_maxrss``) belongs to one job only:
@@ -12,8 +13,10 @@ Every measurement runs in a fresh child process, so each peak RSS (``ru_maxrss``
    memory-mapped: pages become resident on first touch, so without touching, RSS would flatter us).
 
 Reported: peak RSS / weights file size, raw and with the baseline subtracted (target ≤ 1.3), plus the
-resident anonymous vs file-backed memory after the load. The file was just written, so it is read from the
-page cache (a cold disk adds read time, not memory). The temp folder is deleted at the end.
+resident anonymous vs file-backed memory after the load, and the peak (minus baseline) relative to the loaded
+model's size: with ``--dtype bfloat16`` the float32 file is converted while loading, and the converted model is
+what has to stay resident. The file was just written, so it is read from the page cache (a cold disk adds read
+time, not memory). The temp folder is deleted at the end.
 """
 
 from __future__ import annotations
@@ -60,12 +63,13 @@ def child_baseline(component: str, reference: bool) -> dict:
     return {"peak_rss_gib": peak_rss_gib()}
 
 
-def child_load(component: str, folder: str, reference: bool) -> dict:
+def child_load(component: str, folder: str, reference: bool, dtype: str = "none") -> dict:
     import torch
 
     cls = _model_class(component, reference)
+    options = {} if dtype == "none" else {"torch_dtype": getattr(torch, dtype)}
     start = time.perf_counter()
-    model = cls.from_pretrained(folder)
+    model = cls.from_pretrained(folder, **options)
     loaded = time.perf_counter()
     # Touch every weight once so memory-mapped pages are really resident (float32 sums allocate nothing big).
     with torch.no_grad():
@@ -76,6 +80,7 @@ def child_load(component: str, folder: str, reference: bool) -> dict:
         "touch_s": touched - loaded,
         "checksum": checksum,
         "dtype": str(next(model.parameters()).dtype),
+        "model_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / GIB,
         "peak_rss_gib": peak_rss_gib(),
         "after_load": memory_status(),
     }
@@ -93,6 +98,9 @@ def main() -> None:
     parser.add_argument("--config", default="sd2-depth", help="architecture: sd2-depth (default) or tiny")
     parser.add_argument("--component", default="unet", choices=("unet", "vae"))
     parser.add_argument("--reference", action="store_true", help="also measure diffusers' from_pretrained")
+    parser.add_argument(
+        "--dtype", default="none", choices=("none", "float32", "bfloat16", "float16"), help="torch_dtype to load in"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -103,7 +111,7 @@ def main() -> None:
         elif job == "baseline":
             out = child_baseline(rest[0], rest[1] == "reference")
         else:
-            out = child_load(rest[0], rest[1], rest[2] == "reference")
+            out = child_load(rest[0], rest[1], rest[2] == "reference", *rest[3:])
         print(json.dumps(out))
         return
 
@@ -119,12 +127,14 @@ def main() -> None:
         for implementation in ("ours", "reference") if args.reference else ("ours",):
             flag = "reference" if implementation == "reference" else "ours"
             baseline = _run_child("baseline", args.component, flag)["peak_rss_gib"]
-            load = _run_child("load", args.component, str(folder), flag)
+            load = _run_child("load", args.component, str(folder), flag, args.dtype)
             after = load["after_load"]
+            above_baseline = load["peak_rss_gib"] - baseline
             print(
                 f"  {implementation:9s} load {load['load_s']:6.2f} s (+ {load['touch_s']:.2f} s reading every weight)"
                 f" | peak RSS {load['peak_rss_gib']:.3f} GiB = {load['peak_rss_gib'] / size:.3f} x file"
-                f" | baseline (imports) {baseline:.3f} GiB -> {(load['peak_rss_gib'] - baseline) / size:.3f} x file"
+                f" | baseline (imports) {baseline:.3f} GiB -> {above_baseline / size:.3f} x file"
+                f", {above_baseline / load['model_gib']:.3f} x loaded model ({load['model_gib']:.3f} GiB)"
                 f" | after load: anon {after['RssAnon']:.3f} GiB, file-backed {after['RssFile']:.3f} GiB"
                 f" | {load['dtype']}, checksum {load['checksum']:.6g}"
             )

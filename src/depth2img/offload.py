@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .loading.weights import find_weights_files, read_weights
+from .loading.weights import StoredTensor, find_weights_files, read_stored, read_weights, safetensors_layout
 
 __all__ = [
     "OFFLOADED_COMPONENTS",
@@ -61,17 +60,6 @@ class _Slot:
     version: int = -1  # the tensor's in-place version counter right after loading
 
 
-@dataclass(frozen=True)
-class _Stored:
-    """One tensor of a safetensors file: its dtype, shape and byte range."""
-
-    path: Path
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int  # absolute offset in the file
-    end: int
-
-
 @dataclass
 class _Offloaded:
     """A model that can be released and reloaded from its weights files."""
@@ -85,7 +73,7 @@ class _Offloaded:
     loaded: bool = True
     pinned_reason: str | None = None  # set when the model must stay resident from now on
     hooks: list[Any] = field(default_factory=list)
-    layout: dict[str, _Stored] | None = None  # where each tensor lies in safetensors files (None: other formats)
+    layout: dict[str, StoredTensor] | None = None  # where each tensor lies in safetensors files (None: other formats)
     channels_last: bool = False  # give 4-D weights the channels-last layout when loading (depth2img.speed)
 
 
@@ -104,7 +92,7 @@ class LowMemoryGroup:
             return False
         first = next(module.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-        entry = _Offloaded(name, module, list(files), slots, device, None, layout=_safetensors_layout(files))
+        entry = _Offloaded(name, module, list(files), slots, device, None, layout=safetensors_layout(files))
         for slot in slots:
             slot.version = _tensor_of(slot)._version
         entry.hooks = [m.register_forward_pre_hook(self._pre_hook(entry)) for m in module.modules()]
@@ -274,47 +262,8 @@ def _read_for(entry: _Offloaded) -> Iterator[tuple[str, torch.Tensor]]:
         return
     for key in sorted(keys, key=lambda k: (str(layout[k].path), layout[k].start)):  # sequential reads
         stored = layout[key]
-        tensor = _read_stored(stored)
+        tensor = read_stored(stored)
         yield key, tensor.to(device=entry.device, dtype=entry.dtype if converts(stored.dtype) else stored.dtype)
-
-
-def _read_stored(stored: _Stored) -> torch.Tensor:
-    size = stored.end - stored.start
-    if size == 0:
-        return torch.empty(stored.shape, dtype=stored.dtype)
-    buffer = bytearray(size)
-    with open(stored.path, "rb", buffering=0) as file:
-        file.seek(stored.start)
-        if file.readinto(buffer) != size:
-            raise OSError(f"{stored.path} is shorter than its header says; was it changed after loading?")
-    return torch.frombuffer(buffer, dtype=stored.dtype).reshape(stored.shape)
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}  # fmt: skip
-
-
-def _safetensors_layout(files: Sequence[Path]) -> dict[str, _Stored] | None:
-    """Every tensor's place in the (safetensors) files, from their headers; None for other formats or dtypes."""
-    layout = {}
-    for path in files:
-        if path.suffix != ".safetensors":
-            return None
-        with open(path, "rb") as file:
-            header_size = int.from_bytes(file.read(8), "little")
-            header = json.loads(file.read(header_size))
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None:
-                return None
-            begin, end = info["data_offsets"]
-            layout[key] = _Stored(path, dtype, tuple(info["shape"]), 8 + header_size + begin, 8 + header_size + end)
-    return layout
 
 
 def _weights_files(folder: Path, variant: str | None) -> list[Path] | None:

@@ -244,13 +244,16 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     # --- end of single-file checkpoints ---
 
-    def save_pretrained(self, save_directory: str | os.PathLike, variant: str | None = None) -> None:
-        """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component)."""
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, variant: str | None = None, max_shard_size: int | str | None = None
+    ) -> None:
+        """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component);
+        ``max_shard_size`` splits the UNet's and VAE's weights into shards (default 10GB, as diffusers)."""
         from .loading.pipeline_folder import save_pipeline
         from .offload import all_weights_loaded  # low_memory: released models load their weights to be saved
 
         with all_weights_loaded(self):
-            save_pipeline(self, save_directory, variant=variant)
+            save_pipeline(self, save_directory, variant=variant, max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------ memory and speed toggles
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:

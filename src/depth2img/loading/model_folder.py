@@ -3,7 +3,10 @@
 ``load_model`` builds the module from the config with its parameters on the meta device (no random
 initialisation, no memory), then puts the checkpoint's tensors in place with ``load_state_dict(assign=True)``.
 safetensors files are memory-mapped, so a float32 checkpoint loaded as float32 costs one copy of the weights
-(the file's pages) and no time spent copying. ``save_model`` writes the same layout, atomically per file.
+(the file's pages) and no time spent copying. A load that converts (``torch_dtype=torch.bfloat16`` from a float32
+file) reads tensor by tensor instead, converting through a small buffer: converting memory-mapped tensors would
+keep the whole float32 file resident next to the converted model. ``save_model`` writes the same layout,
+sharded above ``max_shard_size``, atomically per file.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from .hub import download_hint, is_local_folder, resolve_folder
 from .legacy_keys import rename_legacy_attention_keys
 from .weights import (
     InvalidWeightsError,
+    StoredTensor,
     check_state_dict,
     find_weights_files,
+    parse_shard_size,
+    read_stored,
     read_weights,
-    variant_name,
+    safetensors_layout,
+    shard_file_pattern,
     weights_file_names,
-    write_state_dict,
+    write_sharded_state_dict,
 )
 
 if TYPE_CHECKING:
@@ -82,9 +89,15 @@ def load_model(
             raise
         raise FileNotFoundError(f"{error}; {download_hint(str(name_or_path))}") from None
     source = files[0] if len(files) == 1 else files[0].parent
-    expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
-    state_dict = rename_legacy_attention_keys(read_weights(files), expected.keys())
+    current = model.state_dict()
+    expected = {key: tensor.shape for key, tensor in current.items()}
+    state_dict = rename_legacy_attention_keys(read_weights(files), expected.keys())  # mmap: validates, reads nothing
     check_state_dict(expected, state_dict, source, cls.__name__)
+    layout = _converting_layout(files, state_dict, dtype)
+    if layout is not None:
+        del state_dict  # unmap the files: the tensors are read again, one by one, converted
+        stored = rename_legacy_attention_keys(layout, expected.keys())
+        state_dict = _read_converted(stored, {key: _target_dtype(tensor, dtype) for key, tensor in current.items()})
     _assign(model, state_dict, dtype)
     left = meta_parameter_names(model)
     if left:  # strict matching makes this unreachable unless a module hides parameters from state_dict()
@@ -107,8 +120,7 @@ def _fetch(
 
     def fetch(safetensors: bool) -> Path:
         single, index = weights_file_names(cls.weights_name, variant, safetensors)
-        suffix = ".safetensors" if safetensors else ".bin"
-        shards = variant_name(f"{cls.weights_name}-*-of-*{suffix}", variant)
+        shards = shard_file_pattern(cls.weights_name, variant, safetensors).format(suffix="-*-of-*")
         return resolve_folder(
             name_or_path,
             subfolder=subfolder,
@@ -141,24 +153,50 @@ def _build(cls: type[ModelMixin], config: dict, config_path: Path) -> ModelMixin
         raise ValueError(f"{config_path} does not describe a valid {cls.__name__}: {error}") from error
 
 
+def _target_dtype(current: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a checkpoint tensor is loaded in: ``dtype`` for floating tensors, else the module's own."""
+    return dtype if dtype is not None and current.is_floating_point() else current.dtype
+
+
+def _converting_layout(
+    files: list[Path], state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None
+) -> dict[str, StoredTensor] | None:
+    """The tensors' places in the files when loading converts a floating tensor to ``dtype`` and the files can be
+    read tensor by tensor (safetensors); None when the memory-mapped tensors can be used as they are."""
+    converts = dtype is not None and any(t.is_floating_point() and t.dtype != dtype for t in state_dict.values())
+    return safetensors_layout(files) if converts else None
+
+
+def _read_converted(stored: dict[str, StoredTensor], targets: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
+    """Read every tensor in its target dtype, in file order (sequential reads); only one small read buffer is
+    alive beside the results, so the peak is the converted model, not the file plus the converted model."""
+    order = sorted(stored, key=lambda key: (str(stored[key].path), stored[key].start))
+    return {key: read_stored(stored[key], targets[key]) for key in order}
+
+
 def _assign(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
     """Put the checkpoint tensors in place, cast to ``dtype`` (default: the module's own, float32)."""
     current = model.state_dict()
     for key, tensor in state_dict.items():
-        if tensor.is_floating_point():
-            target = dtype if dtype is not None else current[key].dtype
-            state_dict[key] = tensor.to(target)  # no copy when the dtype already matches
-        elif tensor.dtype != current[key].dtype:
-            state_dict[key] = tensor.to(current[key].dtype)
+        if tensor.is_floating_point() or tensor.dtype != current[key].dtype:
+            state_dict[key] = tensor.to(_target_dtype(current[key], dtype))  # no copy when the dtype matches
     model.load_state_dict(state_dict, strict=True, assign=True)
 
 
 def save_model(
-    model: ModelMixin, save_directory: str | os.PathLike, variant: str | None = None, safe_serialization: bool = True
+    model: ModelMixin,
+    save_directory: str | os.PathLike,
+    variant: str | None = None,
+    safe_serialization: bool = True,
+    max_shard_size: int | str | None = None,
 ) -> Path:
-    """Write ``config.json`` and the weights of ``model`` into ``save_directory``; returns the folder."""
+    """Write ``config.json`` and the weights of ``model`` into ``save_directory``; returns the folder.
+
+    Weights larger than ``max_shard_size`` (default 10GB, as diffusers) are split into shards plus an index;
+    see ``weights.write_sharded_state_dict``."""
     if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant):
         raise ValueError(f"variant must be a short name such as 'fp16', got {variant!r}")
+    parse_shard_size(max_shard_size)  # a bad size is reported before anything is written
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"cannot save into {folder}: it is a file")
@@ -166,8 +204,9 @@ def save_model(
     left = meta_parameter_names(model)
     if left:
         raise ValueError(f"cannot save {type(model).__name__}: tensors without values (meta): {', '.join(left[:5])}")
-    name, _ = weights_file_names(model.weights_name, variant, safetensors=safe_serialization)
     # Weights first: a folder whose config.json is new always has the matching weights next to it.
-    write_state_dict(model.state_dict(), folder / name)
+    write_sharded_state_dict(
+        model.state_dict(), folder, model.weights_name, variant, safe_serialization, max_shard_size
+    )
     model.save_config(folder)
     return folder

@@ -19,7 +19,7 @@ from ..configuration import load_json
 from ..utils.files import atomic_write_text
 from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
 from .model_folder import resolve_dtype
-from .weights import variant_name
+from .weights import parse_shard_size, variant_name
 
 if TYPE_CHECKING:
     from ..pipeline import Depth2ImgPipeline
@@ -254,12 +254,19 @@ def _record(name: str, component: Any) -> list[str | None]:
     return [module, class_name]
 
 
-def save_pipeline(pipe: Depth2ImgPipeline, save_directory: str | os.PathLike, variant: str | None = None) -> Path:
+def save_pipeline(
+    pipe: Depth2ImgPipeline,
+    save_directory: str | os.PathLike,
+    variant: str | None = None,
+    max_shard_size: int | str | None = None,
+) -> Path:
     """Write every component into its subfolder, then ``model_index.json`` (last, so a folder with an index is
-    complete); returns the folder."""
+    complete); returns the folder. ``max_shard_size`` applies to our models (UNet, VAE)."""
     from .. import __version__
+    from ..models.modeling import ModelMixin
     from ..pipeline import COMPONENT_NAMES
 
+    parse_shard_size(max_shard_size)  # a bad size is reported before anything is written
     _refuse_wrapped_layers(pipe, COMPONENT_NAMES)
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -270,10 +277,12 @@ def save_pipeline(pipe: Depth2ImgPipeline, save_directory: str | os.PathLike, va
         if component is None:
             continue
         target = folder / name
+        options: dict[str, Any] = {}
         if isinstance(component, torch.nn.Module) and variant is not None:
-            component.save_pretrained(target, variant=variant)
-        else:
-            component.save_pretrained(target)
+            options["variant"] = variant
+        if isinstance(component, ModelMixin):
+            options["max_shard_size"] = max_shard_size
+        component.save_pretrained(target, **options)
     atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return folder
 

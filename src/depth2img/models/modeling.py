@@ -71,9 +71,17 @@ class ModelMixin(nn.Module, ConfigMixin):
         )
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, variant: str | None = None, safe_serialization: bool = True
+        self,
+        save_directory: str | os.PathLike,
+        variant: str | None = None,
+        safe_serialization: bool = True,
+        max_shard_size: int | str | None = None,
     ) -> Path:
-        """Write ``config.json`` and ``diffusion_pytorch_model[.variant].safetensors`` (or ``.bin``), atomically."""
+        """Write ``config.json`` and ``diffusion_pytorch_model[.variant].safetensors`` (or ``.bin``), atomically;
+        weights above ``max_shard_size`` (bytes, or e.g. ``"5GB"``, ``"500MB"``, ``"2GiB"``; default 10GB as
+        diffusers) are split into ``-00001-of-0000N`` shards with a ``.index.json``."""
         from ..loading.model_folder import save_model
 
-        return save_model(self, save_directory, variant=variant, safe_serialization=safe_serialization)
+        return save_model(
+            self, save_directory, variant=variant, safe_serialization=safe_serialization, max_shard_size=max_shard_size
+        )
