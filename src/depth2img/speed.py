@@ -1,7 +1,9 @@
 """Opt-in CPU speed-ups that change float32 rounding (so they are not on by default).
 
-The default pipeline computes bit for bit what the reference computes. These options trade that for speed; the
-images stay within about 1e-4 of the reference's (measured by ``python -m benchmarks.run``, see
+The default pipeline computes what the reference computes up to float rounding (bit for bit after
+``pipe.use_reference_arithmetic()``; the default only folds nearest-neighbour upsampling into the next
+convolution, a ~3e-6 difference). These options trade more rounding for speed; the images stay within about 1e-4
+of the reference's (measured by ``python -m benchmarks.run``, see
 docs/benchmarks.md):
 
 - ``channels_last`` (the VAE's convolutions in NHWC): oneDNN computes convolutions in a blocked channels-last
