@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from depth2img.loading import model_folder, weights
+from depth2img.loading import weights
 from depth2img.loading.random_model import random_component
-from depth2img.loading.weights import read_state_dict
+from depth2img.loading.weights import read_state_dict, read_stored
 from depth2img.models import UNet2DConditionModel
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads the process's mappings from /proc/self/maps")
@@ -71,11 +71,11 @@ def test_converting_load_keeps_no_float32_file_mapped(saved, layout, monkeypatch
     gc.collect()  # mappings of earlier tests' tensors
     mapped_while_converting = []
 
-    def spy(stored, dtype=None):
+    def spy(stored, dtype=None, buffer=None):
         mapped_while_converting.append(bool(_file_ranges(saved / layout)))
-        return weights.read_stored(stored, dtype)
+        return read_stored(stored, dtype, buffer)
 
-    monkeypatch.setattr(model_folder, "read_stored", spy)
+    monkeypatch.setattr(weights, "read_stored", spy)
     model = UNet2DConditionModel.from_pretrained(saved / layout, torch_dtype=torch.bfloat16)
     # Tensor by tensor, with the files unmapped all along: the peak is the bfloat16 model, not the file on top.
     assert len(mapped_while_converting) == len(model.state_dict()) and not any(mapped_while_converting)

@@ -27,7 +27,7 @@ from .weights import (
     check_state_dict,
     find_weights_files,
     parse_shard_size,
-    read_stored,
+    read_stored_tensors,
     read_weights,
     safetensors_layout,
     shard_file_pattern,
@@ -97,7 +97,7 @@ def load_model(
     if layout is not None:
         del state_dict  # unmap the files: the tensors are read again, one by one, converted
         stored = rename_legacy_attention_keys(layout, expected.keys())
-        state_dict = _read_converted(stored, {key: _target_dtype(tensor, dtype) for key, tensor in current.items()})
+        state_dict = read_stored_tensors(stored, {key: _target_dtype(tensor, dtype) for key, tensor in current.items()})
     _assign(model, state_dict, dtype)
     left = meta_parameter_names(model)
     if left:  # strict matching makes this unreachable unless a module hides parameters from state_dict()
@@ -165,13 +165,6 @@ def _converting_layout(
     read tensor by tensor (safetensors); None when the memory-mapped tensors can be used as they are."""
     converts = dtype is not None and any(t.is_floating_point() and t.dtype != dtype for t in state_dict.values())
     return safetensors_layout(files) if converts else None
-
-
-def _read_converted(stored: dict[str, StoredTensor], targets: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
-    """Read every tensor in its target dtype, in file order (sequential reads); only one small read buffer is
-    alive beside the results, so the peak is the converted model, not the file plus the converted model."""
-    order = sorted(stored, key=lambda key: (str(stored[key].path), stored[key].start))
-    return {key: read_stored(stored[key], targets[key]) for key in order}
 
 
 def _assign(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
