@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
+
 __all__ = ["Attention", "AttentionBackendMixin", "sliced_attention", "xformers_attention"]
 
 
@@ -78,11 +80,11 @@ class Attention(nn.Module):
         self.heads = heads
         self.residual_connection = residual_connection
         self.group_norm = nn.GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups else None
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
-        self.to_k = nn.Linear(cross_attention_dim or query_dim, inner_dim, bias=bias)
-        self.to_v = nn.Linear(cross_attention_dim or query_dim, inner_dim, bias=bias)
+        self.to_q = Linear(query_dim, inner_dim, bias=bias)
+        self.to_k = Linear(cross_attention_dim or query_dim, inner_dim, bias=bias)
+        self.to_v = Linear(cross_attention_dim or query_dim, inner_dim, bias=bias)
         # A list so the checkpoint key is "to_out.0" (the reference keeps a dropout at index 1: no parameters).
-        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias)])
+        self.to_out = nn.ModuleList([Linear(inner_dim, query_dim, bias=out_bias)])
         # Backend state, set by AttentionBackendMixin: slice_size > 0 selects "sliced", use_xformers "xformers".
         self.slice_size: int | None = None
         self.use_xformers = False

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
+from .linear import Linear
 from .nearest_conv import MIN_FOLDED_POSITIONS, upsample_nearest_conv
 
 __all__ = [
@@ -124,6 +125,8 @@ def use_reference_arithmetic(model: nn.Module, enabled: bool = True) -> None:
     for module in model.modules():
         if isinstance(module, Upsample2D):
             module.fold_nearest = not enabled
+        elif isinstance(module, Linear):
+            module.onednn = not enabled
 
 
 class GEGLU(nn.Module):
@@ -131,7 +134,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(x).chunk(2, dim=-1)
@@ -144,7 +147,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         # Index 1 is the reference's dropout; an Identity keeps the output layer at key "net.2".
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), Linear(dim * mult, dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net[2](self.net[0](x))
@@ -191,14 +194,14 @@ class Transformer2DModel(nn.Module):
         self.use_linear_projection = use_linear_projection
         self.norm = nn.GroupNorm(groups, in_channels, eps=1e-6)
         if use_linear_projection:
-            self.proj_in = nn.Linear(in_channels, inner_dim)
+            self.proj_in = Linear(in_channels, inner_dim)
         else:
             self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, heads, dim_head, cross_attention_dim) for _ in range(num_layers)
         )
         if use_linear_projection:
-            self.proj_out = nn.Linear(inner_dim, in_channels)
+            self.proj_out = Linear(inner_dim, in_channels)
         else:
             self.proj_out = nn.Conv2d(inner_dim, in_channels, kernel_size=1)
 
