@@ -293,8 +293,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     def use_reference_arithmetic(self, enabled: bool = True) -> None:
         """Have the UNet and VAE run exactly the reference's float operations, so on the CPU (float32) each
-        model's output equals diffusers' bit for bit. The default folds nearest-neighbour upsampling into the
-        next convolution instead: faster, and the same up to float rounding (about 3e-6 on an image)."""
+        model's output equals diffusers' bit for bit. The default computes large linear layers with oneDNN and
+        folds nearest-neighbour upsampling into the next convolution instead: faster, and the same up to float
+        rounding (a few 1e-6)."""
         for model in (self.unet, self.vae):
             if isinstance(model, torch.nn.Module):
                 use_reference_arithmetic(model, enabled)

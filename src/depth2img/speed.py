@@ -1,9 +1,9 @@
 """Opt-in CPU speed-ups that change float32 rounding (so they are not on by default).
 
 The default pipeline computes what the reference computes up to float rounding (bit for bit after
-``pipe.use_reference_arithmetic()``; the default only folds nearest-neighbour upsampling into the next
-convolution, a ~3e-6 difference). These options trade more rounding for speed; the images stay within about 1e-4
-of the reference's (measured by ``python -m benchmarks.run``, see
+``pipe.use_reference_arithmetic()``; the default computes linear layers with oneDNN and folds nearest-neighbour
+upsampling into the next convolution, differences of a few 1e-6). These options trade more rounding for speed;
+the images stay within about 1e-4 of the reference's (measured by ``python -m benchmarks.run``, see
 docs/benchmarks.md):
 
 - ``channels_last`` (the VAE's convolutions in NHWC): oneDNN computes convolutions in a blocked channels-last
