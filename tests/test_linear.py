@@ -92,3 +92,12 @@ def test_reference_arithmetic_makes_the_unet_bit_identical_to_diffusers(diffuser
         exact = ours(sample, 10, context).sample
     assert torch.equal(exact, expected)
     assert (default - expected).abs().max() <= 1e-5
+
+
+def test_compiles_without_graph_breaks():
+    """torch.compile (enable_cpu_speedups(compile_unet=True)) must see one graph, not a break per layer."""
+    layer = Linear(64, 32)
+    x = torch.randn(2, 100, 64)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")  # fullgraph: a graph break raises
+    with torch.no_grad():
+        assert (compiled(x) - F.linear(x, layer.weight, layer.bias)).abs().max() <= 1e-5

@@ -25,6 +25,10 @@ __all__ = ["MIN_ONEDNN_ROWS", "Linear", "linear_as_conv"]
 # (time-embedding projections are 1-2 rows; text tokens 77 per prompt already gain).
 MIN_ONEDNN_ROWS = 32
 
+# Read once: torch.compile refuses to trace torch.backends.mkldnn.is_available() and would break the graph at
+# every linear layer (then recompile it per input shape) if forward asked each time.
+_ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+
 
 def linear_as_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` computed as a 1×1 convolution of the rows of ``x`` in NHWC layout."""
@@ -48,7 +52,7 @@ class Linear(nn.Linear):
             and self.weight.dtype == torch.float32
             and x.numel() >= MIN_ONEDNN_ROWS * self.in_features
             and x.stride(-1) == 1
-            and torch.backends.mkldnn.is_available()
+            and _ONEDNN_AVAILABLE
         ):
             return linear_as_conv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
