@@ -6,10 +6,11 @@ Memory-mapped safetensors count as *file-backed* resident pages once touched; bo
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import resource
+
+from depth2img.utils.memory import trim_heap
+
+__all__ = ["GIB", "memory_status", "peak_rss_gib", "trim_heap"]
 
 GIB = 1024**3
 
@@ -43,16 +44,3 @@ def memory_status() -> dict[str, float]:
     except OSError:  # not Linux: only the peak is known
         fields["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
     return fields
-
-
-def trim_heap() -> None:
-    """Give freed heap memory back to the system (glibc ``malloc_trim``), so RSS reflects what is still used."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
-    return ctypes.CDLL(name) if name else None

@@ -21,9 +21,6 @@ reported with one clear error when the model is next needed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,6 +32,7 @@ import torch
 from torch import nn
 
 from .loading.weights import StoredTensor, find_weights_files, read_stored, read_weights, safetensors_layout
+from .utils.memory import trim_heap
 
 __all__ = [
     "OFFLOADED_COMPONENTS",
@@ -137,7 +135,7 @@ class LowMemoryGroup:
             for owner, attribute in slot.owners:
                 owner._parameters[attribute] = meta
         entry.loaded = False
-        _trim_heap()
+        trim_heap()  # so the next model does not stack on top of the freed pages
 
     def _load(self, entry: _Offloaded) -> None:
         left = _meta_parameters_outside(entry)
@@ -224,19 +222,6 @@ def _move_buffers(module: nn.Module, device: torch.device) -> None:
         for name, buffer in owner._buffers.items():
             if buffer is not None:
                 owner._buffers[name] = buffer.to(device)
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the system (glibc), so the next model does not stack on top of them."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
-    return ctypes.CDLL(name) if name else None
 
 
 def _read_for(entry: _Offloaded) -> Iterator[tuple[str, torch.Tensor]]:
