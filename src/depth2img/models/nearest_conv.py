@@ -55,16 +55,14 @@ def upsample_nearest_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     # Phase (a, b)'s output at input pixel (i, j) reads padded rows i+a, i+a+1 and columns j+b, j+b+1, so one
     # 2×2 convolution of the once-padded input holds all four phases, each offset by (a, b).
     phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), weight, bias)  # (batch, 4·out, height+1, width+1)
+    phases = phases.unflatten(1, (2, 2, out_channels))  # a view in either layout
+    # out is indexed (batch, out, row, row phase, column, column phase) whatever its memory order, so one
+    # interleaving loop serves both layouts and the final reshape to (batch, out, 2·height, 2·width) is a view.
     if channels_last:
-        out = x.new_empty(batch, height, 2, width, 2, out_channels)
-        phases = phases.permute(0, 2, 3, 1).view(batch, height + 1, width + 1, 2, 2, out_channels)
-        for a in range(2):
-            for b in range(2):
-                out[:, :, a, :, b] = phases[:, a : a + height, b : b + width, a, b]
-        return out.view(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
-    out = x.new_empty(batch, out_channels, height, 2, width, 2)
-    phases = phases.view(batch, 2, 2, out_channels, height + 1, width + 1)
+        out = x.new_empty(batch, height, 2, width, 2, out_channels).permute(0, 5, 1, 2, 3, 4)
+    else:
+        out = x.new_empty(batch, out_channels, height, 2, width, 2)
     for a in range(2):
         for b in range(2):
             out[:, :, :, a, :, b] = phases[:, a, b, :, a : a + height, b : b + width]
-    return out.view(batch, out_channels, 2 * height, 2 * width)
+    return out.reshape(batch, out_channels, 2 * height, 2 * width)
