@@ -8,6 +8,7 @@ latents, so the whole file runs in seconds.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import json
 import sys
@@ -24,6 +25,12 @@ from depth2img.configuration import load_json
 from depth2img.schedulers.lms import lms_coefficient
 
 TOLERANCE = 1e-5
+# Two float32 implementations of the same maths each sit within their rounding error of the exact result, so they
+# may differ by about the sum of those errors. Ours is measured by re-running our scheduler in float64 beside the
+# float32 run (see run_pair); the reference's is allowed up to ROUNDING_FACTOR - 1 times ours (it evaluates its LMS
+# coefficients' integrand in float32). Where the computation does not amplify rounding this adds ~1e-7 to
+# TOLERANCE; where it does (an ill-conditioned extrapolation), the bound grows with it, on whatever CPU it runs.
+ROUNDING_FACTOR = 4.0
 # Differences are measured in units of max(1, |sample| / 16): plain absolute differences for latents up to SD's
 # σ_max ≈ 14.6, relative ones beyond. Only LMS on DDPM's linear betas (σ_max ≈ 157, |x| ≈ 450, where one float32
 # ulp is 3e-5) reaches that range.
@@ -65,16 +72,20 @@ def scaled_diff(reference: torch.Tensor, ours: torch.Tensor, scale_of: torch.Ten
 
 
 def run_pair(reference, ours, num_steps: int, *, t_start: int = 0, step_kwargs=None, seed=0, learned=False):
-    """Sample with both schedulers the way the depth2img pipeline does; return the worst difference seen.
+    """Sample with both schedulers the way the depth2img pipeline does; return (the worst difference seen, our
+    own float32 rounding error on the same trajectory, measured against a float64 run of our scheduler).
 
-    Samplers that draw noise get identical generators seeded with ``seed``."""
+    Samplers that draw noise get identical generators seeded with ``seed``; their float64 run is skipped (a
+    float64 draw is not the float32 draw), so they get no rounding allowance."""
     step_kwargs = dict(step_kwargs or {})
+    stochastic = "generator" in inspect.signature(reference.step).parameters
+    shadow = None if stochastic else copy.deepcopy(ours)
     reference.set_timesteps(num_steps)
     ours.set_timesteps(num_steps)
     assert ours.timesteps.dtype == reference.timesteps.dtype
     assert torch.equal(ours.timesteps, reference.timesteps), (ours.timesteps, reference.timesteps)
 
-    worst = 0.0
+    worst = rounding = 0.0
     generator = torch.Generator().manual_seed(0)
     clean = torch.randn(1, 4, 8, 8, generator=generator)
     noise = torch.randn(1, 4, 8, 8, generator=generator)
@@ -83,14 +94,18 @@ def run_pair(reference, ours, num_steps: int, *, t_start: int = 0, step_kwargs=N
     ours.set_begin_index(t_start * ours.order)
     if hasattr(reference, "set_begin_index"):
         reference.set_begin_index(t_start * reference.order)
+    if shadow is not None:
+        shadow.set_timesteps(num_steps)
+        shadow.set_begin_index(t_start * shadow.order)
     if len(timesteps) == 0:
-        return worst
+        return worst, rounding
     first = timesteps[:1]
     sample_ref = reference.add_noise(clean, noise, first)
     sample_ours = ours.add_noise(clean, noise, first)
     worst = max(worst, scaled_diff(sample_ref, sample_ours))
+    if shadow is not None:
+        sample_64 = shadow.add_noise(clean.double(), noise.double(), first)
 
-    stochastic = "generator" in inspect.signature(reference.step).parameters
     gen_ref, gen_ours = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     for t in timesteps:
         input_ref = reference.scale_model_input(sample_ref, t)
@@ -104,8 +119,20 @@ def run_pair(reference, ours, num_steps: int, *, t_start: int = 0, step_kwargs=N
         if getattr(out_ref, "pred_original_sample", None) is not None:
             # x̂_0 inherits the rounding of the (possibly much larger) sample it was computed from
             worst = max(worst, scaled_diff(out_ref.pred_original_sample, out_ours.pred_original_sample, sample_ref))
+        if shadow is not None:
+            input_64 = shadow.scale_model_input(sample_64, t)
+            sample_64 = shadow.step(fake_model(input_64, t, learned), t, sample_64, **step_kwargs).prev_sample
+            rounding = max(rounding, scaled_diff(sample_64, out_ours.prev_sample, sample_ref))
         sample_ref, sample_ours = out_ref.prev_sample, out_ours.prev_sample
-    return worst
+    return worst, rounding
+
+
+def assert_pair_matches(reference, ours, num_steps: int, **kwargs) -> None:
+    """The trajectories of ``run_pair`` agree within TOLERANCE plus what float32 rounding of this computation
+    explains (ROUNDING_FACTOR times our own measured rounding error)."""
+    worst, rounding = run_pair(reference, ours, num_steps, **kwargs)
+    allowed = TOLERANCE + ROUNDING_FACTOR * rounding
+    assert worst <= allowed, f"max difference {worst:.3g} > {allowed:.3g} (our float32 rounding: {rounding:.3g})"
 
 
 def _trajectory_cases():
@@ -145,14 +172,12 @@ def test_lms_exponential_sigmas_match_with_an_ill_conditioned_last_step(diffuser
     """With exponential σ's at 50 steps, the last order-4 step extrapolates the derivative polynomial from nodes
     ~0.01 apart down to σ = 0 (Σ|c_j| ≈ 10 for a step of ~0.1), amplifying the float32 rounding of earlier steps —
     and of the reference's quad coefficients, whose integrand it evaluates in float32 — to ~3e-5 there
-    (≤ 4e-6 before it). At 7 and 25 steps the usual bound holds."""
+    (≤ 4e-6 before it). The bound follows: assert_pair_matches measures that amplification with a float64 run."""
     require("scipy")
     config = {**SD_BETAS, "use_exponential_sigmas": True, "timestep_spacing": spacing}
-    for steps in (7, 25):
+    for steps in (7, 25, 50):
         reference, ours = build_pair(diffusers, "LMSDiscreteScheduler", config)
-        assert run_pair(reference, ours, steps) <= TOLERANCE
-    reference, ours = build_pair(diffusers, "LMSDiscreteScheduler", config)
-    assert run_pair(reference, ours, 50) <= 5 * TOLERANCE
+        assert_pair_matches(reference, ours, steps)
 
 
 def _case_id(case):
@@ -167,7 +192,7 @@ def test_trajectory_matches_reference(diffusers, case):
     name, steps, config, step_kwargs = case
     config = {**SD_BETAS, "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True, **config}
     reference, ours = build_pair(diffusers, name, config)
-    assert run_pair(reference, ours, steps, step_kwargs=step_kwargs) <= TOLERANCE
+    assert_pair_matches(reference, ours, steps, step_kwargs=step_kwargs)
 
 
 @pytest.mark.parametrize("name", CLASS_NAMES)
@@ -180,7 +205,7 @@ def test_img2img_start_matches_reference(diffusers, name, t_start):
     for skip_prk_steps in (True, False) if name == "PNDMScheduler" else (True,):
         config = {**SD_BETAS, "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": skip_prk_steps}
         reference, ours = build_pair(diffusers, name, config)
-        assert run_pair(reference, ours, 25, t_start=t_start, seed=7) <= TOLERANCE
+        assert_pair_matches(reference, ours, 25, t_start=t_start, seed=7)
 
 
 @pytest.mark.parametrize("steps", STEP_COUNTS)
@@ -189,13 +214,13 @@ def test_stochastic_samplers_match_with_identical_generators(diffusers, steps, s
     config = {**SD_BETAS, "clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": spacing}
     for name, step_kwargs in (("DDPMScheduler", {}), ("DDIMScheduler", {"eta": 1.0}), ("DDIMScheduler", {"eta": 0.3})):
         reference, ours = build_pair(diffusers, name, config)
-        assert run_pair(reference, ours, steps, step_kwargs=step_kwargs, seed=123) <= TOLERANCE
+        assert_pair_matches(reference, ours, steps, step_kwargs=step_kwargs, seed=123)
 
 
 def test_ddpm_learned_range_variance_matches(diffusers):
     config = {**SD_BETAS, "clip_sample": False, "variance_type": "learned_range"}
     reference, ours = build_pair(diffusers, "DDPMScheduler", config)
-    assert run_pair(reference, ours, 25, seed=3, learned=True) <= TOLERANCE
+    assert_pair_matches(reference, ours, 25, seed=3, learned=True)
 
 
 def test_ddim_generator_list_draws_one_row_per_generator(diffusers):
@@ -301,7 +326,7 @@ def test_loads_the_sd2_depth_scheduler_config(name):
 def test_sd2_depth_config_builds_plms_exactly_as_the_reference(diffusers):
     reference = diffusers.PNDMScheduler.from_config(load_json(SD2_DEPTH_SCHEDULER))
     ours = schedulers.PNDMScheduler.from_config(load_json(SD2_DEPTH_SCHEDULER))
-    assert run_pair(reference, ours, 50) <= TOLERANCE
+    assert_pair_matches(reference, ours, 50)
     assert ours.timesteps[:4].tolist() == [981, 961, 961, 941]  # leading + steps_offset, second step repeated
 
 
@@ -320,7 +345,7 @@ def test_trained_betas_replace_the_named_schedule(diffusers):
     for name in ("DDIMScheduler", "PNDMScheduler", "DDPMScheduler"):
         reference, ours = build_pair(diffusers, name, {"trained_betas": betas, "skip_prk_steps": True})
         assert torch.equal(ours.alphas_cumprod, reference.alphas_cumprod)
-        assert run_pair(reference, ours, 7, seed=1) <= TOLERANCE
+        assert_pair_matches(reference, ours, 7, seed=1)
 
 
 def test_step_kwargs_follow_each_step_signature():
