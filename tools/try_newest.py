@@ -14,6 +14,7 @@ throwaway venv is changed unless --write-lock is given and the suite passed.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             cwd=REPO,
             capture_output=True,
             text=True,
+            env={**os.environ, "COLUMNS": "200"},  # pytest cuts its summary lines to the terminal's width
         )
         log.write(test.stdout + test.stderr)
 
