@@ -36,6 +36,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _version(package: str) -> str | None:
+    if package == "torch":  # the build too (2.13.0+cpu, 2.6.0+cu124): the distribution's metadata omits it
+        import torch
+
+        return torch.__version__
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
