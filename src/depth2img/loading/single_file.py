@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..components import COMPONENT_NAMES
 from ..configuration import load_json
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
 from .empty_init import meta_parameter_names, parameters_on_meta
@@ -31,9 +32,7 @@ from .model_folder import resolve_dtype
 from .random_model import architecture_folder
 from .weights import InvalidWeightsError
 
-__all__ = ["COMPONENTS", "load_single_file", "read_checkpoint"]
-
-COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "depth_estimator", "feature_extractor")
+__all__ = ["load_single_file", "read_checkpoint"]
 
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -136,11 +135,11 @@ def load_single_file(
     **components: Any,
 ) -> Any:
     """Build ``pipeline_class`` from an original checkpoint; see ``Depth2ImgPipeline.from_single_file``."""
-    unknown = sorted(set(components) - set(COMPONENTS))
+    unknown = sorted(set(components) - set(COMPONENT_NAMES))
     if unknown:
         raise TypeError(
             f"from_single_file got unknown argument(s) {', '.join(unknown)}; accepted: torch_dtype, config, and "
-            f"components to use as they are: {', '.join(COMPONENTS)}"
+            f"components to use as they are: {', '.join(COMPONENT_NAMES)}"
         )
     dtype = resolve_dtype(torch_dtype)
     folder = architecture_folder("sd2-depth" if config is None else config)
@@ -163,7 +162,7 @@ def load_single_file(
         "scheduler": lambda: _load_scheduler(folder),
         "feature_extractor": lambda: _load_feature_extractor(folder),
     }
-    for name in COMPONENTS:
+    for name in COMPONENT_NAMES:
         if name not in built:
             built[name] = loaders[name]()
     return pipeline_class(**built)
