@@ -33,6 +33,7 @@ from torch import nn
 
 from .components import LARGE_MODELS, LEGACY_REPO_IDS
 from .loading.weights import StoredTensor, find_weights_files, read_stored, read_weights, safetensors_layout
+from .utils.dtypes import resolve_dtype
 from .utils.memory import trim_heap
 
 __all__ = [
@@ -276,8 +277,6 @@ def enable_low_memory(
     Components in ``given`` (passed to ``from_pretrained`` as objects) stay resident and as they are, as do models
     whose parameters cannot all be matched to their weights file (with a warning).
     """
-    from .loading.model_folder import resolve_dtype
-
     dtype = resolve_dtype(torch_dtype)
     names = [name for name in LARGE_MODELS if name not in set(given)]
     folders = _component_folders(source, names, hub_options or {})

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..configuration import load_json
+from ..utils.dtypes import resolve_dtype
 from .empty_init import meta_parameter_names, parameters_on_meta
 from .hub import download_hint, is_local_folder, resolve_folder
 from .legacy_keys import rename_legacy_attention_keys
@@ -35,27 +36,18 @@ from .weights import (
     write_sharded_state_dict,
 )
 
-if TYPE_CHECKING:
-    from ..models.modeling import ModelMixin
+# A model class in the diffusers layout (depth2img.models.ModelMixin): an nn.Module with ``config_name``,
+# ``weights_name``, ``extract_init_kwargs`` and ``save_config``. Taken as a parameter, never imported: the models
+# import this module (ModelMixin.from_pretrained), so it must not import them.
+Model = TypeVar("Model", bound=torch.nn.Module)
 
-__all__ = ["load_model", "resolve_dtype", "save_model"]
+__all__ = ["load_model", "save_model"]
 
 _HUB_OPTIONS = ("revision", "cache_dir", "token")
 
 
-def resolve_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """``torch.float16`` or its name (``"float16"``, ``"torch.float16"``) as a floating ``torch.dtype``."""
-    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
-        dtype = torch_dtype
-    else:
-        dtype = getattr(torch, str(torch_dtype).removeprefix("torch."), None)
-    if torch_dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"torch_dtype must be a floating torch dtype such as torch.float16, got {torch_dtype!r}")
-    return dtype
-
-
 def load_model(
-    cls: type[ModelMixin],
+    cls: type[Model],
     name_or_path: str | os.PathLike,
     *,
     subfolder: str | None = None,
@@ -64,7 +56,7 @@ def load_model(
     local_files_only: bool = False,
     use_safetensors: bool | None = None,
     **hub_options: Any,
-) -> ModelMixin:
+) -> Model:
     """Build ``cls`` from ``config.json`` and load its weights; see ``ModelMixin.from_pretrained``."""
     unknown = sorted(set(hub_options) - set(_HUB_OPTIONS))
     if unknown:
@@ -108,7 +100,7 @@ def load_model(
 
 
 def _fetch(
-    cls: type[ModelMixin],
+    cls: type[Model],
     name_or_path: str | os.PathLike,
     subfolder: str | None,
     variant: str | None,
@@ -138,14 +130,14 @@ def _fetch(
     return folder
 
 
-def _check_class(cls: type[ModelMixin], config: dict, config_path: Path) -> None:
+def _check_class(cls: type[Model], config: dict, config_path: Path) -> None:
     name = config.get("_class_name")
     accepted = {cls.__name__, *getattr(cls, "config_class_names", ())}
     if name is not None and name not in accepted:
         raise ValueError(f"{config_path} describes class {name}, not {cls.__name__}: is this the right subfolder?")
 
 
-def _build(cls: type[ModelMixin], config: dict, config_path: Path) -> ModelMixin:
+def _build(cls: type[Model], config: dict, config_path: Path) -> Model:
     kwargs = cls.extract_init_kwargs(config, source=str(config_path))
     try:
         return cls(**kwargs)
@@ -177,7 +169,7 @@ def _assign(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: 
 
 
 def save_model(
-    model: ModelMixin,
+    model: Model,
     save_directory: str | os.PathLike,
     variant: str | None = None,
     safe_serialization: bool = True,

@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..components import COMPONENT_NAMES, DEFAULT_REPO_ID, LEGACY_REPO_IDS
 from ..configuration import load_json
+from ..utils.dtypes import resolve_dtype
 from ..utils.files import atomic_write_text
 from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
-from .model_folder import resolve_dtype
 from .weights import parse_shard_size, variant_name
-
-if TYPE_CHECKING:
-    from ..pipeline import Depth2ImgPipeline
 
 __all__ = [
     "FEATURE_EXTRACTOR_CLASSES",
@@ -43,18 +40,20 @@ FEATURE_EXTRACTOR_CLASSES = (
     "DPTPreprocessor",
 )
 _HUB_OPTIONS = ("revision", "cache_dir", "token")
+# The pipeline class (depth2img.Depth2ImgPipeline): taken as a parameter, never imported, as loading sits below it.
+Pipeline = TypeVar("Pipeline")
 
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_pipeline(
-    cls: type[Depth2ImgPipeline],
+    cls: type[Pipeline],
     name_or_path: str | os.PathLike | None = None,
     *,
     torch_dtype: torch.dtype | str | None = None,
     variant: str | None = None,
     local_files_only: bool = False,
     **kwargs: Any,
-) -> Depth2ImgPipeline:
+) -> Pipeline:
     """Build ``cls`` from a pipeline folder or Hub repo id; see ``Depth2ImgPipeline.from_pretrained``."""
     hub_options = {key: kwargs.pop(key) for key in _HUB_OPTIONS if key in kwargs}
     unknown = sorted(set(kwargs) - set(COMPONENT_NAMES))
@@ -249,7 +248,7 @@ def _record(name: str, component: Any) -> list[str | None]:
 
 
 def save_pipeline(
-    pipe: Depth2ImgPipeline,
+    pipe: Any,
     save_directory: str | os.PathLike,
     variant: str | None = None,
     max_shard_size: int | str | None = None,
@@ -280,7 +279,7 @@ def save_pipeline(
     return folder
 
 
-def _refuse_wrapped_layers(pipe: Depth2ImgPipeline, names: tuple[str, ...] | list[str]) -> None:
+def _refuse_wrapped_layers(pipe: Any, names: tuple[str, ...] | list[str]) -> None:
     """A loaded LoRA wraps layers (``…to_q.base_layer.weight``): saved as is, the folder would no longer match
     the published key names, so no other loader (ours with strict keys, diffusers) could read it back."""
     for name in names:

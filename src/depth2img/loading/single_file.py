@@ -25,10 +25,10 @@ import torch
 
 from ..components import COMPONENT_NAMES
 from ..configuration import load_json
+from ..utils.dtypes import resolve_dtype
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
 from .empty_init import meta_parameter_names, parameters_on_meta
 from .keymaps import KeyMap, convert_state_dict, ldm_unet, ldm_vae, midas_dpt, open_clip
-from .model_folder import resolve_dtype
 from .random_model import architecture_folder
 from .weights import InvalidWeightsError
 
