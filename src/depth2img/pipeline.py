@@ -11,6 +11,7 @@ noise, then any scheduler noise).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import warnings
@@ -25,10 +26,11 @@ from tqdm.auto import tqdm
 
 from .adapters import LoraLoaderMixin, TextualInversionLoaderMixin
 from .call_checks import CALLBACK_TENSOR_INPUTS, CallPlan, check_call
-from .components import COMPONENT_NAMES, DEFAULT_REPO_ID, LARGE_MODELS
+from .components import COMPONENT_NAMES, LARGE_MODELS
 from .depth import estimate_depth, normalize_depth
 from .images import LATENT_CHANNELS, ImageBatch, images_to_tensor, postprocess, to_uint8_images
 from .models import use_reference_arithmetic
+from .offload import LowMemoryGroup, ModelWeights, enable_low_memory
 from .text import encode_prompt
 from .utils.random import randn_tensor
 
@@ -113,6 +115,8 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         self.scheduler = scheduler
         self.depth_estimator = depth_estimator
         self.feature_extractor = feature_extractor
+        # Where the large models' weights live when loaded with low_memory=True (None: always resident).
+        self.low_memory: LowMemoryGroup | None = None
         self._progress_bar_config: dict[str, Any] = {}
         self._guidance_scale = 7.5
         self._clip_skip: int | None = None
@@ -141,19 +145,23 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"to(dtype=...) needs a floating dtype such as torch.float16, got {dtype}")
-        from .offload import move_module  # low_memory: a released model only records where to load to
-
         for module in self._modules():
-            move_module(module, device, dtype)
+            weights = self._weights_of(module)
+            if weights is None:
+                module.to(device=device, dtype=dtype)
+            else:  # low_memory: a released model only records where to load to
+                weights.move(device, dtype)
         return self
 
     @property
     def device(self) -> torch.device:
         """Device of the models (of the UNet, which all others follow)."""
-        from .offload import module_device  # low_memory: a released model's weights are meta tensors
-
         for module in self._modules():
-            return module_device(module)
+            weights = self._weights_of(module)
+            if weights is not None:  # low_memory: a released model's weights are meta tensors
+                return weights.device
+            first = next(module.parameters(), None)
+            return first.device if first is not None else torch.device("cpu")
         return torch.device("cpu")
 
     @property
@@ -164,6 +172,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         return torch.float32
 
     _execution_device = device  # the reference's name for it
+
+    def _weights_of(self, module: torch.nn.Module) -> ModelWeights | None:
+        """Where ``module``'s weights live, for a model of a low-memory pipeline (None otherwise)."""
+        return self.low_memory.weights_of(module) if self.low_memory is not None else None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -192,31 +204,20 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         ``low_memory=True`` keeps each large model in memory only while it runs (peak memory about the UNet's
         weights plus activations instead of all models; same images, a little slower): see depth2img/offload.py.
         """
-        from .loading.pipeline_folder import load_pipeline
+        from .loading.pipeline_folder import load_components
 
         if not isinstance(low_memory, bool):
             raise TypeError(f"low_memory must be True or False, got {low_memory!r}")
-        pipe = load_pipeline(
-            cls,
+        loaded = load_components(
             pretrained_model_name_or_path,
             torch_dtype=None if low_memory else torch_dtype,  # low_memory converts each model when it loads
             variant=variant,
             local_files_only=local_files_only,
             **component_overrides,
         )
-        # --- low_memory: implemented in depth2img/offload.py ---
-        if low_memory:
-            from .offload import enable_low_memory
-
-            enable_low_memory(
-                pipe,
-                DEFAULT_REPO_ID if pretrained_model_name_or_path is None else pretrained_model_name_or_path,
-                variant=variant,
-                torch_dtype=torch_dtype,
-                given=component_overrides,
-                hub_options={k: v for k, v in component_overrides.items() if k in ("revision", "cache_dir", "token")},
-            )
-        # --- end of low_memory ---
+        pipe = cls(**loaded.components)
+        if low_memory:  # implemented in depth2img/offload.py, from the files the loader recorded
+            pipe.low_memory = enable_low_memory(loaded.components, loaded.files, torch_dtype=torch_dtype)
         return pipe
 
     # --- single-file checkpoints: implemented in depth2img/loading/single_file.py ---
@@ -248,9 +249,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component);
         ``max_shard_size`` splits the UNet's and VAE's weights into shards (default 10GB, as diffusers)."""
         from .loading.pipeline_folder import save_pipeline
-        from .offload import all_weights_loaded  # low_memory: released models load their weights to be saved
 
-        with all_weights_loaded(self):
+        # low_memory: released models load their weights to be saved
+        with self.low_memory.all_loaded() if self.low_memory is not None else contextlib.nullcontext():
             save_pipeline(self, save_directory, variant=variant, max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------ memory and speed toggles

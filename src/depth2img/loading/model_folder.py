@@ -19,6 +19,7 @@ import torch
 
 from ..configuration import load_json
 from ..utils.dtypes import resolve_dtype
+from .component_files import ComponentFiles
 from .empty_init import meta_parameter_names, parameters_on_meta
 from .hub import download_hint, is_local_folder, resolve_folder
 from .legacy_keys import rename_legacy_attention_keys
@@ -41,7 +42,7 @@ from .weights import (
 # import this module (ModelMixin.from_pretrained), so it must not import them.
 Model = TypeVar("Model", bound=torch.nn.Module)
 
-__all__ = ["load_model", "save_model"]
+__all__ = ["load_model", "load_model_and_files", "save_model"]
 
 _HUB_OPTIONS = ("revision", "cache_dir", "token")
 
@@ -58,6 +59,31 @@ def load_model(
     **hub_options: Any,
 ) -> Model:
     """Build ``cls`` from ``config.json`` and load its weights; see ``ModelMixin.from_pretrained``."""
+    model, _ = load_model_and_files(
+        cls,
+        name_or_path,
+        subfolder=subfolder,
+        torch_dtype=torch_dtype,
+        variant=variant,
+        local_files_only=local_files_only,
+        use_safetensors=use_safetensors,
+        **hub_options,
+    )
+    return model
+
+
+def load_model_and_files(
+    cls: type[Model],
+    name_or_path: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+    variant: str | None = None,
+    local_files_only: bool = False,
+    use_safetensors: bool | None = None,
+    **hub_options: Any,
+) -> tuple[Model, ComponentFiles]:
+    """``load_model``, and the record of the files the weights were read from (for low-memory mode)."""
     unknown = sorted(set(hub_options) - set(_HUB_OPTIONS))
     if unknown:
         raise TypeError(
@@ -96,7 +122,7 @@ def load_model(
         raise InvalidWeightsError(f"{source} left {cls.__name__} tensors without values: {', '.join(left[:5])}")
     if dtype is not None:
         model.to(dtype)  # non-persistent floating buffers too; loaded tensors already have this dtype (no copy)
-    return model.eval()
+    return model.eval(), ComponentFiles.of(files, variant, dtype)
 
 
 def _fetch(

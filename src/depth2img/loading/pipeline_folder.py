@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -19,13 +20,16 @@ from ..components import COMPONENT_NAMES, DEFAULT_REPO_ID, LEGACY_REPO_IDS
 from ..configuration import load_json
 from ..utils.dtypes import resolve_dtype
 from ..utils.files import atomic_write_text
+from .component_files import ComponentFiles, transformers_model_files
 from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
+from .model_folder import load_model_and_files
 from .weights import parse_shard_size, variant_name
 
 __all__ = [
     "FEATURE_EXTRACTOR_CLASSES",
     "PIPELINE_CLASS_NAMES",
-    "load_pipeline",
+    "LoadedComponents",
+    "load_components",
     "save_pipeline",
 ]
 
@@ -40,21 +44,28 @@ FEATURE_EXTRACTOR_CLASSES = (
     "DPTPreprocessor",
 )
 _HUB_OPTIONS = ("revision", "cache_dir", "token")
-# The pipeline class (depth2img.Depth2ImgPipeline): taken as a parameter, never imported, as loading sits below it.
-Pipeline = TypeVar("Pipeline")
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_pipeline(
-    cls: type[Pipeline],
+@dataclass
+class LoadedComponents:
+    """What ``load_components`` produced: the pipeline's arguments, and where each model it read came from."""
+
+    components: dict[str, Any]  # every component by name (given ones as given; None where the index has none)
+    # The models read from files (not those given): their files, or None where they cannot be told (e.g. a .bin
+    # file only transformers knows how to name); low-memory mode reloads weights from these.
+    files: dict[str, ComponentFiles | None]
+
+
+def load_components(
     name_or_path: str | os.PathLike | None = None,
     *,
     torch_dtype: torch.dtype | str | None = None,
     variant: str | None = None,
     local_files_only: bool = False,
     **kwargs: Any,
-) -> Pipeline:
-    """Build ``cls`` from a pipeline folder or Hub repo id; see ``Depth2ImgPipeline.from_pretrained``."""
+) -> LoadedComponents:
+    """Every component of a pipeline folder or Hub repo id; see ``Depth2ImgPipeline.from_pretrained``."""
     hub_options = {key: kwargs.pop(key) for key in _HUB_OPTIONS if key in kwargs}
     unknown = sorted(set(kwargs) - set(COMPONENT_NAMES))
     if unknown:
@@ -69,19 +80,22 @@ def load_pipeline(
     index = load_json(index_path / INDEX_NAME)
     _check_pipeline_class(index, index_path / INDEX_NAME)
 
-    components = {}
+    loaded = LoadedComponents({}, {})
     for name in COMPONENT_NAMES:
         if name in kwargs:
-            components[name] = kwargs[name]
+            loaded.components[name] = kwargs[name]
             continue
         entry = index.get(name)
         if entry is None or entry == [None, None]:
-            components[name] = None
+            loaded.components[name] = None
             continue
         library, class_name = _entry(entry, name, index_path / INDEX_NAME)
         loader = _component_loader(library, class_name, name)
-        components[name] = loader(source, name, dtype, variant, local_files_only, hub_options)
-    return cls(**components)
+        component, files = loader(source, name, dtype, variant, local_files_only, hub_options)
+        loaded.components[name] = component
+        if isinstance(component, torch.nn.Module):
+            loaded.files[name] = files
+    return loaded
 
 
 def _resolve_source(name_or_path: str | os.PathLike, local_files_only: bool, hub_options: dict[str, Any]) -> Any:
@@ -114,7 +128,8 @@ def _entry(entry: Any, name: str, path: Path) -> tuple[str, str]:
 
 
 def _component_loader(library: str, class_name: str, name: str):
-    """The function that loads component ``name`` recorded as (``library``, ``class_name``)."""
+    """The function that loads component ``name`` recorded as (``library``, ``class_name``); it returns the
+    component and, for a model, the files its weights were read from."""
     if name == "feature_extractor" and class_name in FEATURE_EXTRACTOR_CLASSES:
         return _load_preprocessor
     if name == "scheduler":
@@ -142,7 +157,7 @@ def _scheduler_loader(class_name: str):
             local_files_only=local_files_only,
             **hub_options,
         )
-        return scheduler_cls.from_pretrained(folder)
+        return scheduler_cls.from_pretrained(folder), None
 
     return load
 
@@ -152,8 +167,14 @@ def _our_model_loader(class_name: str):
         from .. import models
 
         model_cls = getattr(models, class_name)
-        return model_cls.from_pretrained(
-            source, subfolder=name, torch_dtype=dtype, variant=variant, local_files_only=local_files_only, **hub_options
+        return load_model_and_files(
+            model_cls,
+            source,
+            subfolder=name,
+            torch_dtype=dtype,
+            variant=variant,
+            local_files_only=local_files_only,
+            **hub_options,
         )
 
     return load
@@ -169,7 +190,7 @@ def _load_preprocessor(source, name, dtype, variant, local_files_only, hub_optio
         local_files_only=local_files_only,
         **hub_options,
     )
-    return DPTPreprocessor.from_pretrained(folder)
+    return DPTPreprocessor.from_pretrained(folder), None
 
 
 def _transformers_loader(class_name: str, name: str):
@@ -186,10 +207,11 @@ def _transformers_loader(class_name: str, name: str):
     def load(source, name, dtype, variant, local_files_only, hub_options):
         folder = _fetch_transformers_files(source, name, variant, is_model, local_files_only, hub_options)
         if not is_model:  # tokenizer
-            return _load_tokenizer(component_cls, folder)
-        return component_cls.from_pretrained(
+            return _load_tokenizer(component_cls, folder), None
+        model = component_cls.from_pretrained(
             folder, variant=variant, local_files_only=True, **{_dtype_keyword(): dtype or torch.float32}
-        ).eval()
+        )
+        return model.eval(), transformers_model_files(folder, variant, dtype)
 
     return load
 
