@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import LoraLoaderMixin, TextualInversionLoaderMixin
-from .call_checks import CALLBACK_TENSOR_INPUTS, CallPlan, check_call
+from .call_checks import CALLBACK_TENSOR_INPUTS, CallArguments, CallPlan, check_call
 from .components import COMPONENT_NAMES, LARGE_MODELS
 from .depth import estimate_depth, normalize_depth
 from .images import LATENT_CHANNELS, ImageBatch, images_to_tensor, postprocess, to_uint8_images
@@ -462,9 +462,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     # ------------------------------------------------------------------ input checks
     def check_inputs(self, **arguments: Any) -> CallPlan:
-        """Check the arguments of a call (as keywords), raising one clear error before any model runs; see
-        ``depth2img.call_checks.check_call``."""
-        return check_call(self, **arguments)
+        """Check the arguments of a call (as keywords, every one but the deprecated ``callback``/``callback_steps``),
+        raising one clear error before any model runs; see ``depth2img.call_checks``."""
+        return check_call(self, CallArguments(**arguments))
 
     # ------------------------------------------------------------------ the call
     @torch.no_grad()
@@ -529,16 +529,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                     FutureWarning,
                     stacklevel=3,
                 )
-        plan = self.check_inputs(
-            prompt=prompt, image=image, depth_map=depth_map, strength=strength,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
-            cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            callback=callback, callback_steps=callback_steps,
-        )  # fmt: skip
+        plan = check_call(self, CallArguments.from_locals(locals()))
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs
