@@ -42,7 +42,7 @@ from .weights import (
 # import this module (ModelMixin.from_pretrained), so it must not import them.
 Model = TypeVar("Model", bound=torch.nn.Module)
 
-__all__ = ["load_model", "load_model_and_files", "save_model"]
+__all__ = ["fill_model", "load_model", "load_model_and_files", "save_model"]
 
 _HUB_OPTIONS = ("revision", "cache_dir", "token")
 
@@ -116,13 +116,21 @@ def load_model_and_files(
         del state_dict  # unmap the files: the tensors are read again, one by one, converted
         stored = rename_legacy_attention_keys(layout, expected.keys())
         state_dict = read_stored_tensors(stored, {key: _target_dtype(tensor, dtype) for key, tensor in current.items()})
+    return fill_model(model, state_dict, source, dtype), ComponentFiles.of(files, variant, dtype)
+
+
+def fill_model(model: Model, state_dict: dict[str, torch.Tensor], source: Any, dtype: torch.dtype | None) -> Model:
+    """Put checkpoint tensors (keys and shapes already checked) into ``model``, built on the meta device, cast to
+    ``dtype`` (default: the module's own, float32); returns it in eval mode. ``source`` names the file(s) in errors.
+    Every loader ends here: folders (``load_model``) and single-file checkpoints (``single_file``)."""
     _assign(model, state_dict, dtype)
     left = meta_parameter_names(model)
     if left:  # strict matching makes this unreachable unless a module hides parameters from state_dict()
-        raise InvalidWeightsError(f"{source} left {cls.__name__} tensors without values: {', '.join(left[:5])}")
+        name = type(model).__name__
+        raise InvalidWeightsError(f"{source} left {name} tensors without values: {', '.join(left[:5])}")
     if dtype is not None:
         model.to(dtype)  # non-persistent floating buffers too; loaded tensors already have this dtype (no copy)
-    return model.eval(), ComponentFiles.of(files, variant, dtype)
+    return model.eval()
 
 
 def _fetch(

@@ -33,17 +33,15 @@ from torch import nn
 from ..components import COMPONENT_NAMES, DEFAULT_REPO_ID, LARGE_MODELS
 from ..configuration import load_json
 from .empty_init import materialize_parameters, parameters_on_meta
+from .single_file import ARCHITECTURES, architecture_folder, depth_estimator_config
 
 __all__ = [
-    "ARCHITECTURES",
-    "architecture_folder",
     "clip_vocabulary",
     "init_random_",
     "random_component",
     "write_random_pipeline",
 ]
 
-ARCHITECTURES = ("tiny", "sd2-depth")
 WEIGHT_STD = 0.02  # the usual transformer initialiser scale; keeps activations finite through the full UNet
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -56,24 +54,6 @@ It has the layout and the architecture of Stable Diffusion 2 depth ({description
 images generated with it are noise. Use it for tests, benchmarks and trying the pipeline offline.
 For the real weights see https://huggingface.co/{repo_id}.
 """
-
-
-def architecture_folder(config: str | os.PathLike) -> Path:
-    """The folder of configs for ``"tiny"`` / ``"sd2-depth"`` (shipped with the package) or a given folder."""
-    if str(config) in ARCHITECTURES:
-        return Path(str(resources.files("depth2img") / "configs" / str(config)))
-    folder = Path(config)
-    if not folder.is_dir():
-        raise ValueError(f"config must be one of {', '.join(ARCHITECTURES)} or a folder of configs, got {config!r}")
-    return folder
-
-
-def _depth_estimator_config(folder: Path) -> Path:
-    # The published depth estimator config is not available; sd2-depth ships a derived one beside the others.
-    for path in (folder / "depth_estimator" / "config.json", folder / "depth_estimator_config.derived.json"):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{folder} has no depth_estimator/config.json")
 
 
 def init_random_(module: nn.Module, seed: int = 0, std: float = WEIGHT_STD, dtype: torch.dtype | None = None) -> None:
@@ -138,7 +118,7 @@ def random_component(
     if name == "depth_estimator":
         from transformers import DPTConfig, DPTForDepthEstimation
 
-        depth_config = DPTConfig.from_json_file(str(_depth_estimator_config(folder)))
+        depth_config = DPTConfig.from_json_file(str(depth_estimator_config(folder)))
         return _random_module(lambda: DPTForDepthEstimation(depth_config), seed, dtype)
     if name == "tokenizer":
         from transformers import CLIPTokenizer

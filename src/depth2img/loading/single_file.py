@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Iterator, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,14 @@ from ..components import COMPONENT_NAMES
 from ..configuration import load_json
 from ..utils.dtypes import resolve_dtype
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
-from .empty_init import meta_parameter_names, parameters_on_meta
+from .empty_init import parameters_on_meta
 from .keymaps import KeyMap, convert_state_dict, ldm_unet, ldm_vae, midas_dpt, open_clip
-from .random_model import architecture_folder
+from .model_folder import fill_model
 from .weights import InvalidWeightsError
 
-__all__ = ["load_single_file", "read_checkpoint"]
+__all__ = ["ARCHITECTURES", "architecture_folder", "depth_estimator_config", "load_single_file", "read_checkpoint"]
+
+ARCHITECTURES = ("tiny", "sd2-depth")  # the architecture config folders shipped with the package (configs/)
 
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -123,6 +126,26 @@ def checkpoint_shapes(checkpoint: Mapping[str, torch.Tensor]) -> dict[str, tuple
     return {key: tuple(tensor.shape) for key, tensor in checkpoint.items()}
 
 
+# ---------------------------------------------------------------------------------------------- architectures
+def architecture_folder(config: str | os.PathLike) -> Path:
+    """The folder of configs for ``"tiny"`` / ``"sd2-depth"`` (shipped with the package) or a given folder."""
+    if str(config) in ARCHITECTURES:
+        return Path(str(resources.files("depth2img") / "configs" / str(config)))
+    folder = Path(config)
+    if not folder.is_dir():
+        raise ValueError(f"config must be one of {', '.join(ARCHITECTURES)} or a folder of configs, got {config!r}")
+    return folder
+
+
+def depth_estimator_config(folder: Path) -> Path:
+    """The depth estimator's config in an architecture folder: ``depth_estimator/config.json``, or for sd2-depth
+    the derived one shipped beside the others (the published checkpoint has none)."""
+    for path in (folder / "depth_estimator" / "config.json", folder / "depth_estimator_config.derived.json"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{folder} has no depth_estimator/config.json")
+
+
 # ---------------------------------------------------------------------------------------------- building
 
 
@@ -198,10 +221,7 @@ def _load_text_encoder(folder: Path, checkpoint: Mapping, path: Path, dtype: tor
 def _load_depth_estimator(folder: Path, checkpoint: Mapping, path: Path, dtype: torch.dtype | None):
     from transformers import DPTConfig, DPTForDepthEstimation
 
-    config_path = folder / "depth_estimator" / "config.json"
-    if not config_path.is_file():  # the shipped sd2-depth folder names the derived config at its top level
-        config_path = folder / "depth_estimator_config.derived.json"
-    config = load_json(config_path)
+    config = load_json(depth_estimator_config(folder))
     with parameters_on_meta():
         model = DPTForDepthEstimation(DPTConfig.from_dict(config))
     return _fill(model, midas_dpt.keymap(config), checkpoint, path, dtype)
@@ -211,13 +231,7 @@ def _fill(model: torch.nn.Module, keymap: KeyMap, checkpoint: Mapping, path: Pat
     """Put the converted tensors into a meta-built ``model`` (float32 unless ``dtype``); returns it in eval mode."""
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
     state_dict = convert_state_dict(checkpoint, keymap, expected, str(path), dtype or torch.get_default_dtype())
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left = meta_parameter_names(model)
-    if left:  # strict loading makes this unreachable unless a module hides parameters from state_dict()
-        raise InvalidWeightsError(f"{path} left {keymap.component} tensors without values: {', '.join(left[:5])}")
-    if dtype is not None:
-        model.to(dtype)  # non-persistent floating buffers; loaded tensors already have this dtype
-    return model.eval()
+    return fill_model(model, state_dict, path, dtype)
 
 
 def _load_tokenizer(folder: Path):
