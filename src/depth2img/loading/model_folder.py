@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..configuration import load_json
+from ..utils.arguments import refuse_unknown_arguments
 from ..utils.dtypes import resolve_dtype
 from .component_files import ComponentFiles
 from .empty_init import meta_parameter_names, parameters_on_meta
@@ -47,28 +48,10 @@ __all__ = ["fill_model", "load_model", "load_model_and_files", "save_model"]
 _HUB_OPTIONS = ("revision", "cache_dir", "token")
 
 
-def load_model(
-    cls: type[Model],
-    name_or_path: str | os.PathLike,
-    *,
-    subfolder: str | None = None,
-    torch_dtype: torch.dtype | str | None = None,
-    variant: str | None = None,
-    local_files_only: bool = False,
-    use_safetensors: bool | None = None,
-    **hub_options: Any,
-) -> Model:
-    """Build ``cls`` from ``config.json`` and load its weights; see ``ModelMixin.from_pretrained``."""
-    model, _ = load_model_and_files(
-        cls,
-        name_or_path,
-        subfolder=subfolder,
-        torch_dtype=torch_dtype,
-        variant=variant,
-        local_files_only=local_files_only,
-        use_safetensors=use_safetensors,
-        **hub_options,
-    )
+def load_model(cls: type[Model], name_or_path: str | os.PathLike, **options: Any) -> Model:
+    """Build ``cls`` from ``config.json`` and load its weights; see ``ModelMixin.from_pretrained`` for the options
+    (``subfolder``, ``torch_dtype``, ``variant``, ``local_files_only``, ``use_safetensors``, Hub options)."""
+    model, _ = load_model_and_files(cls, name_or_path, **options)
     return model
 
 
@@ -84,12 +67,12 @@ def load_model_and_files(
     **hub_options: Any,
 ) -> tuple[Model, ComponentFiles]:
     """``load_model``, and the record of the files the weights were read from (for low-memory mode)."""
-    unknown = sorted(set(hub_options) - set(_HUB_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"{cls.__name__}.from_pretrained got unknown argument(s) {', '.join(unknown)}; accepted: subfolder, "
-            f"torch_dtype, variant, local_files_only, use_safetensors, {', '.join(_HUB_OPTIONS)}"
-        )
+    refuse_unknown_arguments(
+        f"{cls.__name__}.from_pretrained",
+        hub_options,
+        _HUB_OPTIONS,
+        f"subfolder, torch_dtype, variant, local_files_only, use_safetensors, {', '.join(_HUB_OPTIONS)}",
+    )
     dtype = resolve_dtype(torch_dtype)
     if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant):
         raise ValueError(f"variant must be a short name such as 'fp16', got {variant!r}")

@@ -26,6 +26,7 @@ import torch
 
 from ..components import COMPONENT_NAMES
 from ..configuration import load_json
+from ..utils.arguments import refuse_unknown_arguments
 from ..utils.dtypes import resolve_dtype
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
 from .empty_init import parameters_on_meta
@@ -158,12 +159,12 @@ def load_single_file(
     **components: Any,
 ) -> Any:
     """Build ``pipeline_class`` from an original checkpoint; see ``Depth2ImgPipeline.from_single_file``."""
-    unknown = sorted(set(components) - set(COMPONENT_NAMES))
-    if unknown:
-        raise TypeError(
-            f"from_single_file got unknown argument(s) {', '.join(unknown)}; accepted: torch_dtype, config, and "
-            f"components to use as they are: {', '.join(COMPONENT_NAMES)}"
-        )
+    refuse_unknown_arguments(
+        "from_single_file",
+        components,
+        COMPONENT_NAMES,
+        f"torch_dtype, config, and components to use as they are: {', '.join(COMPONENT_NAMES)}",
+    )
     dtype = resolve_dtype(torch_dtype)
     folder = architecture_folder("sd2-depth" if config is None else config)
     path = Path(path)
