@@ -203,7 +203,7 @@ def test_info(capsys):
 
 def test_default_model_is_the_pipelines():
     from depth2img.cli.settings import DEFAULT_MODEL
-    from depth2img.loading.pipeline_folder import DEFAULT_REPO_ID
+    from depth2img.components import DEFAULT_REPO_ID
 
     assert DEFAULT_MODEL == DEFAULT_REPO_ID
 

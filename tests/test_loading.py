@@ -255,7 +255,7 @@ def test_repo_id_loads_from_the_hub_cache_offline(tmp_path, toy, monkeypatch):
 
 
 def _tiny_config(component: str) -> dict:
-    from depth2img.loading.random_model import architecture_folder
+    from depth2img.loading.single_file import architecture_folder
 
     config = json.loads((architecture_folder("tiny") / component / "config.json").read_text())
     return {key: value for key, value in config.items() if not key.startswith("_")}

@@ -118,3 +118,37 @@ def test_the_docs_examples_run(tmp_path, monkeypatch, capsys):
     for block in blocks:
         exec(compile(block, str(docs), "exec"), namespace)
     assert capsys.readouterr().out.split() == ["0.0", "True"]
+
+
+def test_the_loader_records_the_files_of_each_model_it_read(folder):
+    from depth2img.components import LARGE_MODELS
+    from depth2img.loading.pipeline_folder import load_components
+
+    loaded = load_components(folder, unet=None)
+    assert sorted(loaded.files) == sorted(set(LARGE_MODELS) - {"unet"})  # a given component has no files
+    for name, record in loaded.files.items():
+        assert record.folder == folder / name and record.variant is None and record.dtype is None
+        assert record.format == "safetensors" and all(path.is_file() for path in record.weights)
+        assert {path.name for path in record.weights} <= {"diffusion_pytorch_model.safetensors", "model.safetensors"}
+
+
+def test_where_the_weights_live_is_an_explicit_state(folder):
+    from depth2img.offload import Residence
+
+    assert load(folder).low_memory is None
+    pipe = load(folder, low_memory=True)
+    assert {name: pipe.low_memory.weights_of(getattr(pipe, name)).residence for name in MODELS} == dict.fromkeys(
+        MODELS, Residence.RELEASED
+    )
+    generate(pipe)  # the VAE decodes last
+    assert pipe.low_memory.weights_of(pipe.vae).residence is Residence.RESIDENT
+    assert pipe.low_memory.weights_of(pipe.unet).residence is Residence.RELEASED
+    assert pipe.low_memory.weights_of(pipe.tokenizer) is None
+    assert pipe.low_memory.weights_of(pipe.unet).files.folder == folder / "unet"
+
+
+def test_given_models_stay_resident_and_unwatched(folder):
+    given = load(folder).unet
+    pipe = load(folder, low_memory=True, unet=given)
+    assert pipe.unet is given and pipe.low_memory.weights_of(given) is None
+    assert "unet" in resident(pipe) and resident(pipe) == {"unet"}

@@ -28,23 +28,62 @@ def run(pipe, **kwargs):
 
 
 @pytest.mark.parametrize("slice_size", ["auto", "max", 1])
-def test_attention_slicing_keeps_the_output(pipe, slice_size):
+def test_attention_slicing_keeps_the_output(pipe, slice_size, monkeypatch):
     expected = run(pipe)
+    pieces = spy_on_sliced_attention(monkeypatch)
     pipe.enable_attention_slicing(slice_size)
     assert any(layer.slice_size is not None for layer in pipe.unet.attention_layers())
     assert max_diff(run(pipe), expected) <= 1e-5
+    assert pieces and max(pieces) > 1  # attention really ran in slices, some of them in several pieces
+    pieces.clear()
     pipe.disable_attention_slicing()
     assert all(layer.slice_size is None for layer in pipe.unet.attention_layers())
     assert max_diff(run(pipe), expected) <= 1e-6
+    assert pieces == []
 
 
-def test_vae_slicing_keeps_the_output(pipe):
+def spy_on_sliced_attention(monkeypatch) -> list[int]:
+    """Record, for each sliced attention call, how many pieces its (batch x heads) rows were computed in."""
+    from depth2img.models import attention
+
+    pieces = []
+    original = attention.sliced_attention
+
+    def spy(query, key, value, slice_size):
+        pieces.append(-(-query.shape[0] * query.shape[1] // slice_size))
+        return original(query, key, value, slice_size)
+
+    monkeypatch.setattr(attention, "sliced_attention", spy)
+    return pieces
+
+
+def test_vae_slicing_keeps_the_output(pipe, monkeypatch):
     expected = run(pipe)
+    batches = spy_on_vae_passes(monkeypatch, pipe.vae)
     pipe.enable_vae_slicing()
     assert pipe.vae.use_slicing
     assert max_diff(run(pipe), expected) <= 1e-5
+    assert batches == {"encode": [1, 1], "decode": [1, 1]}  # two images, one at a time
+    for sizes in batches.values():
+        sizes.clear()
     pipe.disable_vae_slicing()
     assert not pipe.vae.use_slicing
+    run(pipe)
+    assert batches == {"encode": [2], "decode": [2]}
+
+
+def spy_on_vae_passes(monkeypatch, vae) -> dict[str, list[int]]:
+    """Record the batch size of each pass through the VAE's encoder and decoder."""
+    batches = {"encode": [], "decode": []}
+    for name in batches:
+        original = getattr(vae, f"_{name}_batch")
+
+        def spy(x, original=original, sizes=batches[name]):
+            sizes.append(x.shape[0])
+            return original(x)
+
+        monkeypatch.setattr(vae, f"_{name}_batch", spy)
+    return batches
 
 
 def test_vae_tiling_matches_the_reference_tiling(pipe):

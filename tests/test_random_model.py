@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from depth2img.loading.random_model import (
-    architecture_folder,
     clip_vocabulary,
     dpt_image_processor_class,
     random_component,
     write_random_pipeline,
 )
+from depth2img.loading.single_file import architecture_folder
 from depth2img.models import AutoencoderKL, UNet2DConditionModel
 
 PIPELINE_FILES = [

@@ -129,9 +129,9 @@ def test_resaving_removes_only_stale_weights_of_that_format_and_variant(tmp_path
 
 def test_pipeline_passes_max_shard_size_to_our_models(tmp_path):
     from depth2img import Depth2ImgPipeline
-    from depth2img.loading.random_model import COMPONENTS
+    from depth2img.components import COMPONENT_NAMES
 
-    pipe = Depth2ImgPipeline(**{name: random_component(name, "tiny") for name in COMPONENTS})
+    pipe = Depth2ImgPipeline(**{name: random_component(name, "tiny") for name in COMPONENT_NAMES})
     with pytest.raises(ValueError, match="max_shard_size must be"):
         pipe.save_pretrained(tmp_path / "bad", max_shard_size="lots")
     assert not (tmp_path / "bad").exists()

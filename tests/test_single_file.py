@@ -19,8 +19,8 @@ from conftest import require
 from depth2img.loading import keymaps
 from depth2img.loading.detect import NotADepthCheckpointError
 from depth2img.loading.keymaps import convert_state_dict, ldm_unet, ldm_vae, midas_dpt, open_clip, original_keys
-from depth2img.loading.random_model import architecture_folder, random_component
-from depth2img.loading.single_file import load_single_file, read_checkpoint
+from depth2img.loading.random_model import random_component
+from depth2img.loading.single_file import architecture_folder, load_single_file, read_checkpoint
 from depth2img.loading.weights import InvalidWeightsError
 
 SD2 = architecture_folder("sd2-depth")

@@ -1,12 +1,15 @@
 """The checks of a pipeline call: every argument validated, one clear sentence per mistake, before any model runs.
 
-``check_call`` also returns what it derives on the way (batch sizes, the image batch, the user's depth maps,
-the latent size), so the call does not work them out twice.
+``__call__`` gathers its arguments once into a ``CallArguments``; ``check_call`` runs the checks below on it, one
+small function per argument or group, in a fixed order (so the first mistake is the one reported), and returns
+what it derives on the way (batch sizes, the image batch, the user's depth maps, the latent size), so the call
+does not work them out twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -16,7 +19,7 @@ from .depth import depth_map_to_tensor
 from .images import LATENT_CHANNELS, OUTPUT_TYPES, ImageBatch, describe_images
 from .text import check_clip_skip, negative_texts, prompt_batch_size
 
-__all__ = ["CALLBACK_TENSOR_INPUTS", "CallPlan", "check_call"]
+__all__ = ["CALLBACK_TENSOR_INPUTS", "CallArguments", "CallPlan", "check_call"]
 
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
 
@@ -37,30 +40,69 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def check_call(
-    pipe: Any,
-    prompt: Any,
-    image: Any,
-    depth_map: Any,
-    strength: Any,
-    num_inference_steps: Any,
-    guidance_scale: Any,
-    negative_prompt: Any,
-    num_images_per_prompt: Any,
-    eta: Any,
-    generator: Any,
-    prompt_embeds: Any,
-    negative_prompt_embeds: Any,
-    output_type: Any,
-    cross_attention_kwargs: Any,
-    clip_skip: Any,
-    callback_on_step_end: Any,
-    callback_on_step_end_tensor_inputs: Any,
-    callback: Any = None,
-    callback_steps: Any = None,
-) -> CallPlan:
+@dataclass(frozen=True)
+class CallArguments:
+    """The arguments of one ``Depth2ImgPipeline.__call__`` (see its docstring), as the caller gave them: the types
+    are what the call accepts, and ``check_call`` is what makes sure of them."""
+
+    prompt: str | list[str] | None
+    image: Any  # PIL, numpy, torch, or a list of them
+    depth_map: Any  # None, or a tensor, array, PIL image or a list of them
+    strength: float
+    num_inference_steps: int
+    guidance_scale: float
+    negative_prompt: str | list[str] | None
+    num_images_per_prompt: int
+    eta: float
+    generator: torch.Generator | list[torch.Generator] | None
+    prompt_embeds: torch.Tensor | None
+    negative_prompt_embeds: torch.Tensor | None
+    output_type: str
+    cross_attention_kwargs: dict[str, Any] | None
+    clip_skip: int | None
+    callback_on_step_end: Callable[..., dict[str, Any]] | None
+    callback_on_step_end_tensor_inputs: Sequence[str]
+    callback: Callable[..., None] | None = None  # deprecated
+    callback_steps: int | None = None  # deprecated
+
+    @classmethod
+    def from_locals(cls, values: Mapping[str, Any]) -> CallArguments:
+        """The fields picked by name from ``__call__``'s ``locals()``, so the argument list is written only in its
+        signature and here (tests/test_pipeline_inputs.py checks that the two agree)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+def check_call(pipe: Any, args: CallArguments) -> CallPlan:
     """Check every argument of ``pipe(...)``, raising one clear error before any model runs; returns what was
     derived on the way (batch sizes, the described images, the user's depth maps, the latent size)."""
+    _check_strength_and_steps(pipe, args.strength, args.num_inference_steps)
+    _check_guidance_scale(args.guidance_scale)
+    _check_eta(args.eta)
+    _check_num_images_per_prompt(args.num_images_per_prompt)
+    _check_output_type(args.output_type)
+    _check_cross_attention_kwargs(args.cross_attention_kwargs)
+    check_clip_skip(args.clip_skip, pipe.text_encoder)
+    callback_steps = _check_callbacks(
+        args.callback_on_step_end, args.callback_on_step_end_tensor_inputs, args.callback, args.callback_steps
+    )
+    batch_size = _check_prompts(
+        pipe, args.prompt, args.negative_prompt, args.prompt_embeds, args.negative_prompt_embeds, args.guidance_scale
+    )
+    total = batch_size * int(args.num_images_per_prompt)
+
+    images = describe_images(args.image)
+    depth = _check_images_and_depth(pipe, images, args.depth_map, batch_size, total)
+    _check_generators(args.generator, total, batch_size, args.num_images_per_prompt)
+
+    if images.is_latents:
+        latent_size = (images.height, images.width)
+    else:
+        factor = pipe.vae_scale_factor
+        latent_size = (images.height // factor, images.width // factor)
+    return CallPlan(batch_size, total, images, depth, latent_size, callback_steps)
+
+
+def _check_strength_and_steps(pipe: Any, strength: Any, num_inference_steps: Any) -> None:
     if not _is_number(strength) or not 0 <= strength <= 1:
         raise ValueError(f"strength must be a number in [0.0, 1.0], got {strength!r}")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
@@ -76,27 +118,36 @@ def check_call(
             f"num_inference_steps x strength must be at least 1 for any denoising to happen, got "
             f"{num_inference_steps} x {strength} = {num_inference_steps * strength:g}; increase one of them"
         )
+
+
+def _check_guidance_scale(guidance_scale: Any) -> None:
     if not _is_number(guidance_scale):
         raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
+
+
+def _check_eta(eta: Any) -> None:
     if not _is_number(eta):
         raise TypeError(f"eta must be a number, got {eta!r}")
+
+
+def _check_num_images_per_prompt(num_images_per_prompt: Any) -> None:
     if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, (int, np.integer)):
         raise TypeError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
     if num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt}")
+
+
+def _check_output_type(output_type: Any) -> None:
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}")
+
+
+def _check_cross_attention_kwargs(cross_attention_kwargs: Any) -> None:
     if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
         raise TypeError(f"cross_attention_kwargs must be a dict or None, got {type(cross_attention_kwargs).__name__}")
-    check_clip_skip(clip_skip, pipe.text_encoder)
-    callback_steps = _check_callbacks(
-        callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps
-    )
-    batch_size = _check_prompts(pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale)
-    total = batch_size * int(num_images_per_prompt)
 
-    images = describe_images(image)
-    depth = _check_images_and_depth(pipe, images, depth_map, batch_size, total)
+
+def _check_generators(generator: Any, total: int, batch_size: int, num_images_per_prompt: Any) -> None:
     if isinstance(generator, list):
         if len(generator) != total:
             raise ValueError(
@@ -107,13 +158,6 @@ def check_call(
             raise TypeError("generator lists must hold torch.Generator objects only")
     elif generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
-
-    if images.is_latents:
-        latent_size = (images.height, images.width)
-    else:
-        factor = pipe.vae_scale_factor
-        latent_size = (images.height // factor, images.width // factor)
-    return CallPlan(batch_size, total, images, depth, latent_size, callback_steps)
 
 
 def _check_callbacks(on_step_end: Any, tensor_inputs: Any, callback: Any, callback_steps: Any) -> int:

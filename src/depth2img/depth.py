@@ -25,7 +25,6 @@ from .utils.files import atomic_write_text
 __all__ = [
     "DPTPreprocessor",
     "DepthInputs",
-    "depth_map_batch",
     "depth_map_to_tensor",
     "estimate_depth",
     "normalize_depth",
@@ -210,11 +209,6 @@ def depth_map_to_tensor(depth_map: Any) -> torch.Tensor:
     if min(batch.shape[1:]) < 1:
         raise ValueError(f"depth_map is empty (shape {tuple(batch.shape)})")
     return batch
-
-
-def depth_map_batch(depth_map: Any) -> int:
-    """Number of maps in the user's ``depth_map``, validating its type and layout."""
-    return depth_map_to_tensor(depth_map).shape[0]
 
 
 # ---------------------------------------------------------------------------------------------- to latent size

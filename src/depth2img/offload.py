@@ -3,8 +3,11 @@
 ``Depth2ImgPipeline.from_pretrained(folder, low_memory=True)`` loads the pipeline as usual (so every file is
 checked up front), then *releases* the weights of the UNet, VAE, text encoder and depth estimator: each parameter
 becomes a meta tensor (shape and dtype, no storage), and the memory-mapped file pages it held are unmapped. The
-modules stay in place — configs, attributes, hooks and ``pipe.unet.dtype`` all work — and know where their
-weights are on disk.
+modules stay in place — configs, attributes, hooks and ``pipe.unet.dtype`` all work. Where each model's weights
+are on disk is what the loader recorded while loading it (``loading.component_files.ComponentFiles``): this module
+resolves no folder and guesses no file name. Where they are now is ``pipe.low_memory`` (a ``LowMemoryGroup``):
+for each model a ``ModelWeights`` with its ``residence`` (resident or released) and the device and dtype it loads
+to.
 
 When any submodule of a released model is about to run (a forward pre-hook), its weights are mapped in again
 from the safetensors file, which the page cache usually still holds, and every *other* model is released first.
@@ -21,9 +24,9 @@ reported with one clear error when the model is next needed.
 from __future__ import annotations
 
 import contextlib
-import os
+import enum
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,21 +34,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .loading.weights import StoredTensor, find_weights_files, read_stored, read_weights, safetensors_layout
+from .components import LARGE_MODELS
+from .loading.component_files import ComponentFiles
+from .loading.weights import StoredTensor, read_stored, read_weights, safetensors_layout
+from .utils.dtypes import resolve_dtype
 from .utils.memory import trim_heap
 
-__all__ = [
-    "OFFLOADED_COMPONENTS",
-    "LowMemoryGroup",
-    "all_weights_loaded",
-    "enable_low_memory",
-    "module_device",
-    "move_module",
-]
+__all__ = ["LowMemoryGroup", "ModelWeights", "Residence", "enable_low_memory"]
 
-OFFLOADED_COMPONENTS = ("text_encoder", "depth_estimator", "vae", "unet")
-# Base names of the weights files: diffusers models, then transformers models.
-_WEIGHTS_NAMES = ("diffusion_pytorch_model", "model")
+
+class Residence(enum.Enum):
+    """Where a model's weights are."""
+
+    RESIDENT = "resident"  # in memory, on the model's device
+    RELEASED = "released"  # meta tensors only: read from the files again before the model next runs
 
 
 @dataclass
@@ -59,114 +61,139 @@ class _Slot:
 
 
 @dataclass
-class _Offloaded:
-    """A model that can be released and reloaded from its weights files."""
+class ModelWeights:
+    """Where one large model's weights live: resident or released, the files they come from, and the device and
+    dtype they load to."""
 
     name: str
     module: nn.Module
-    files: list[Path]
+    files: ComponentFiles
     slots: list[_Slot]
     device: torch.device
     dtype: torch.dtype | None  # cast floating weights to this (None: as in the file)
-    loaded: bool = True
+    residence: Residence = Residence.RESIDENT
     pinned_reason: str | None = None  # set when the model must stay resident from now on
     hooks: list[Any] = field(default_factory=list)
     layout: dict[str, StoredTensor] | None = None  # where each tensor lies in safetensors files (None: other formats)
     channels_last: bool = False  # give 4-D weights the channels-last layout when loading (depth2img.speed)
+
+    @property
+    def loaded(self) -> bool:
+        return self.residence is Residence.RESIDENT
+
+    def move(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        """``module.to(device=..., dtype=...)``; a released model only records where to load to (and moves its
+        buffers, which are never released)."""
+        if device is not None:
+            self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = dtype
+        if self.loaded:
+            self.module.to(device=device, dtype=dtype)
+            return
+        if dtype is not None:
+            self.module.to(dtype=dtype)  # meta parameters just take the dtype; the (real) buffers are cast
+        if device is not None:
+            _move_buffers(self.module, self.device)
 
 
 class LowMemoryGroup:
     """The models of one pipeline, at most one of them resident at a time."""
 
     def __init__(self) -> None:
-        self.models: dict[str, _Offloaded] = {}
+        self.models: dict[str, ModelWeights] = {}
+
+    def weights_of(self, module: Any) -> ModelWeights | None:
+        """The record of ``module`` if it is one of this group's models (None for any other object)."""
+        return next((weights for weights in self.models.values() if weights.module is module), None)
 
     # ------------------------------------------------------------------ setup
-    def add(self, name: str, module: nn.Module, files: Sequence[Path]) -> bool:
+    def add(self, name: str, module: nn.Module, files: ComponentFiles) -> bool:
         """Make ``module`` offloadable (released now); False, leaving it resident, if its parameters cannot all be
         found in ``files``."""
-        slots = _slots_in_files(module, files)
+        slots = _slots_in_files(module, files.weights)
         if slots is None:
             return False
         first = next(module.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-        entry = _Offloaded(name, module, list(files), slots, device, None, layout=safetensors_layout(files))
+        weights = ModelWeights(
+            name, module, files, slots, device, files.dtype, layout=safetensors_layout(files.weights)
+        )
         for slot in slots:
             slot.version = _tensor_of(slot)._version
-        entry.hooks = [m.register_forward_pre_hook(self._pre_hook(entry)) for m in module.modules()]
-        module._depth2img_low_memory = entry  # read by module_device / move_module
-        self.models[name] = entry
-        self.release(entry)
+        weights.hooks = [m.register_forward_pre_hook(self._pre_hook(weights)) for m in module.modules()]
+        self.models[name] = weights
+        self.release(weights)
         return True
 
-    def _pre_hook(self, entry: _Offloaded):
+    def _pre_hook(self, weights: ModelWeights):
         def hook(module: nn.Module, args: Any) -> None:
-            if not entry.loaded:
-                self.activate(entry)
+            if not weights.loaded:
+                self.activate(weights)
 
         return hook
 
     # ------------------------------------------------------------------ residency
-    def activate(self, entry: _Offloaded) -> None:
-        """Release every other model, then load ``entry``'s weights."""
+    def activate(self, weights: ModelWeights) -> None:
+        """Release every other model, then load this one's weights."""
         for other in self.models.values():
-            if other is not entry and other.loaded:
+            if other is not weights and other.loaded:
                 self.release(other)
-        if not entry.loaded:
-            self._load(entry)
+        if not weights.loaded:
+            self._load(weights)
 
-    def release(self, entry: _Offloaded) -> None:
+    def release(self, weights: ModelWeights) -> None:
         """Replace the model's parameters by meta tensors, unless they changed since loading (then pin it)."""
-        if not entry.loaded or entry.pinned_reason:
+        if not weights.loaded or weights.pinned_reason:
             return
-        changed = [slot.key for slot in entry.slots if not _unchanged(slot)]
+        changed = [slot.key for slot in weights.slots if not _unchanged(slot)]
         if changed:
-            entry.pinned_reason = f"its weights were changed after loading ({changed[0]}, ...)"
+            weights.pinned_reason = f"its weights were changed after loading ({changed[0]}, ...)"
             warnings.warn(
-                f"low_memory: the {entry.name} stays in memory from now on: {entry.pinned_reason}", stacklevel=3
+                f"low_memory: the {weights.name} stays in memory from now on: {weights.pinned_reason}", stacklevel=3
             )
             return
-        live = _tensor_of(entry.slots[0]) if entry.slots else None
+        live = _tensor_of(weights.slots[0]) if weights.slots else None
         if live is not None:  # follow a .to() made directly on the module
-            entry.device, entry.dtype = live.device, live.dtype if live.is_floating_point() else entry.dtype
-        for slot in entry.slots:
+            weights.device, weights.dtype = live.device, live.dtype if live.is_floating_point() else weights.dtype
+        for slot in weights.slots:
             original = _tensor_of(slot)
             meta = nn.Parameter(torch.empty(original.shape, dtype=original.dtype, device="meta"), slot.requires_grad)
             for owner, attribute in slot.owners:
                 owner._parameters[attribute] = meta
-        entry.loaded = False
+        weights.residence = Residence.RELEASED
         trim_heap()  # so the next model does not stack on top of the freed pages
 
-    def _load(self, entry: _Offloaded) -> None:
-        left = _meta_parameters_outside(entry)
+    def _load(self, weights: ModelWeights) -> None:
+        left = _meta_parameters_outside(weights)
         if left:
             raise ValueError(
-                f"low_memory=True does not support adapters added after loading: the {entry.name} has parameters "
+                f"low_memory=True does not support adapters added after loading: the {weights.name} has parameters "
                 f"that are not in its weights file ({', '.join(left[:3])}); load the pipeline with low_memory=False "
                 "to use LoRA or textual inversion"
             )
-        tensors = dict(_read_for(entry))
-        for slot in entry.slots:
+        tensors = dict(_read_for(weights))
+        for slot in weights.slots:
             tensor = tensors.pop(slot.key)
-            if entry.channels_last and tensor.ndim == 4:
+            if weights.channels_last and tensor.ndim == 4:
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
             parameter = nn.Parameter(tensor, requires_grad=slot.requires_grad)
             for owner, attribute in slot.owners:
                 owner._parameters[attribute] = parameter
             slot.version = parameter._version
-        entry.loaded = True
+        weights.residence = Residence.RESIDENT
 
     def release_all(self) -> None:
         """Release every model (e.g. between generations, to return to the smallest footprint)."""
-        for entry in self.models.values():
-            self.release(entry)
+        for weights in self.models.values():
+            self.release(weights)
 
     @contextlib.contextmanager
     def all_loaded(self) -> Iterator[None]:
         """Every model resident for the duration (saving needs every weight), all released afterwards."""
-        for entry in self.models.values():
-            if not entry.loaded:
-                self._load(entry)
+        for weights in self.models.values():
+            if not weights.loaded:
+                self._load(weights)
         try:
             yield
         finally:
@@ -186,7 +213,7 @@ def _unchanged(slot: _Slot) -> bool:
     return same_object and tensor._version == slot.version
 
 
-def _slots_in_files(module: nn.Module, files: Sequence[Path]) -> list[_Slot] | None:
+def _slots_in_files(module: nn.Module, files: Iterable[Path]) -> list[_Slot] | None:
     """Each parameter of ``module`` with its key in the weights files; None if any is missing or mis-shaped."""
     shapes = {key: tuple(tensor.shape) for key, tensor in read_weights(files).items()}  # headers only (mmap)
     by_tensor: dict[int, _Slot] = {}
@@ -208,11 +235,11 @@ def _named_parameter_slots(module: nn.Module) -> Iterable[tuple[str, nn.Module, 
                 yield (f"{prefix}.{attribute}" if prefix else attribute), owner, attribute, parameter
 
 
-def _meta_parameters_outside(entry: _Offloaded) -> list[str]:
-    known = {(id(owner), attribute) for slot in entry.slots for owner, attribute in slot.owners}
+def _meta_parameters_outside(weights: ModelWeights) -> list[str]:
+    known = {(id(owner), attribute) for slot in weights.slots for owner, attribute in slot.owners}
     return [
         name
-        for name, owner, attribute, parameter in _named_parameter_slots(entry.module)
+        for name, owner, attribute, parameter in _named_parameter_slots(weights.module)
         if parameter.is_meta and (id(owner), attribute) not in known
     ]
 
@@ -224,128 +251,64 @@ def _move_buffers(module: nn.Module, device: torch.device) -> None:
                 owner._buffers[name] = buffer.to(device)
 
 
-def _read_for(entry: _Offloaded) -> Iterator[tuple[str, torch.Tensor]]:
-    """The entry's parameters from its files, in the entry's dtype and on its device.
+def _read_for(weights: ModelWeights) -> Iterator[tuple[str, torch.Tensor]]:
+    """The model's parameters from its files, in its dtype and on its device.
 
     Without conversion the file is memory-mapped (no copy). With one (another dtype, another device) each tensor is
     read, converted and its buffer dropped before the next: memory-mapping would keep every page of the file that
     the conversion touched resident until the whole file is unmapped, i.e. the file's size on top of the result.
     """
-    keys = [slot.key for slot in entry.slots]
-    layout = entry.layout
+    keys = [slot.key for slot in weights.slots]
+    layout = weights.layout
 
     def converts(dtype: torch.dtype) -> bool:
-        return entry.dtype is not None and dtype.is_floating_point and dtype != entry.dtype
+        return weights.dtype is not None and dtype.is_floating_point and dtype != weights.dtype
 
-    if layout is None or (entry.device.type == "cpu" and not any(converts(layout[key].dtype) for key in keys)):
-        state = read_weights(entry.files)
+    if layout is None or (weights.device.type == "cpu" and not any(converts(layout[key].dtype) for key in keys)):
+        state = read_weights(weights.files.weights)
         for key in keys:
             tensor = state.pop(key)
             if converts(tensor.dtype):
-                tensor = tensor.to(entry.dtype)
-            yield key, tensor.to(entry.device)
+                tensor = tensor.to(weights.dtype)
+            yield key, tensor.to(weights.device)
         return
     for key in sorted(keys, key=lambda k: (str(layout[k].path), layout[k].start)):  # sequential reads
         stored = layout[key]
         tensor = read_stored(stored)
-        yield key, tensor.to(device=entry.device, dtype=entry.dtype if converts(stored.dtype) else stored.dtype)
-
-
-def _weights_files(folder: Path, variant: str | None) -> list[Path] | None:
-    for base in _WEIGHTS_NAMES:
-        try:
-            return find_weights_files(folder, base, variant)
-        except FileNotFoundError:
-            continue
-    return None
+        yield key, tensor.to(device=weights.device, dtype=weights.dtype if converts(stored.dtype) else stored.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- pipeline side
 def enable_low_memory(
-    pipe: Any,
-    source: str | os.PathLike,
+    models: Mapping[str, Any],
+    files: Mapping[str, ComponentFiles | None],
     *,
-    variant: str | None = None,
     torch_dtype: torch.dtype | str | None = None,
-    given: Iterable[str] = (),
-    hub_options: dict[str, Any] | None = None,
 ) -> LowMemoryGroup:
-    """Make the large models of ``pipe``, just loaded from ``source`` (a folder or downloaded Hub repo), offloadable.
+    """Make the large models among ``models`` (a pipeline's components by name) offloadable, reading each one's
+    weights from the files the loader recorded for it in ``files``.
 
     The models are expected in their files' dtype (loaded without ``torch_dtype``: nothing converted, nothing
     read yet); ``torch_dtype`` is applied here, so a converting load never holds the whole file in memory.
-    Components in ``given`` (passed to ``from_pretrained`` as objects) stay resident and as they are, as do models
-    whose parameters cannot all be matched to their weights file (with a warning).
+    Components without an entry in ``files`` (passed to ``from_pretrained`` as objects) stay resident and as
+    they are, as do models whose parameters cannot all be matched to their weights files (with a warning).
     """
-    from .loading.model_folder import resolve_dtype
-
     dtype = resolve_dtype(torch_dtype)
-    names = [name for name in OFFLOADED_COMPONENTS if name not in set(given)]
-    folders = _component_folders(source, names, hub_options or {})
     group = LowMemoryGroup()
-    for name in names:
-        module = getattr(pipe, name, None)
-        if not isinstance(module, nn.Module):
+    for name in LARGE_MODELS:
+        module = models.get(name)
+        if name not in files or not isinstance(module, nn.Module):
             continue
-        files = _weights_files(folders[name], variant) if name in folders else None
-        if files is None or not group.add(name, module, files):
+        record = files[name]
+        if record is None or not group.add(name, module, record):
             warnings.warn(
                 f"low_memory: the {name} stays in memory: its parameters could not be matched to a weights file",
                 stacklevel=3,
             )
         if dtype is not None:  # the models were loaded in the files' dtype; released ones cast when they load
-            move_module(module, None, dtype)
-    pipe._low_memory = group
+            weights = group.weights_of(module)
+            if weights is None:
+                module.to(dtype=dtype)
+            else:
+                weights.move(None, dtype)
     return group
-
-
-def _component_folders(source: str | os.PathLike, names: Iterable[str], hub_options: dict[str, Any]) -> dict[str, Path]:
-    """The local folder of each component of a pipeline folder or an already downloaded Hub repo."""
-    from .loading.hub import ModelFilesNotFoundError, resolve_folder
-    from .loading.pipeline_folder import LEGACY_REPO_IDS
-
-    folders = {}
-    for name in names:
-        for candidate in (source, LEGACY_REPO_IDS.get(str(source))):
-            if candidate is None:
-                continue
-            try:
-                folders[name] = resolve_folder(candidate, subfolder=name, local_files_only=True, **hub_options)
-                break
-            except (FileNotFoundError, ModelFilesNotFoundError):
-                continue
-    return folders
-
-
-def all_weights_loaded(pipe: Any) -> contextlib.AbstractContextManager:
-    """For the duration, every model of a low-memory pipeline holds its weights (a no-op for other pipelines)."""
-    group = getattr(pipe, "_low_memory", None)
-    return group.all_loaded() if group is not None else contextlib.nullcontext()
-
-
-def module_device(module: nn.Module) -> torch.device:
-    """Where ``module`` computes: its parameters' device, or for a released low-memory model where it loads to."""
-    entry = getattr(module, "_depth2img_low_memory", None)
-    if entry is not None:
-        return entry.device
-    first = next(module.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
-def move_module(module: nn.Module, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
-    """``module.to(device=..., dtype=...)``, also for released low-memory models (which then load there)."""
-    entry = getattr(module, "_depth2img_low_memory", None)
-    if entry is None:
-        module.to(device=device, dtype=dtype)
-        return
-    if device is not None:
-        entry.device = torch.device(device)
-    if dtype is not None:
-        entry.dtype = dtype
-    if entry.loaded:
-        module.to(device=device, dtype=dtype)
-        return
-    if dtype is not None:
-        module.to(dtype=dtype)  # meta parameters just take the dtype; the (real) buffers are cast
-    if device is not None:
-        _move_buffers(module, entry.device)

@@ -11,6 +11,7 @@ noise, then any scheduler noise).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import warnings
@@ -24,16 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import LoraLoaderMixin, TextualInversionLoaderMixin
-from .call_checks import CALLBACK_TENSOR_INPUTS, CallPlan, check_call
+from .call_checks import CALLBACK_TENSOR_INPUTS, CallArguments, CallPlan, check_call
+from .components import COMPONENT_NAMES, LARGE_MODELS
 from .depth import estimate_depth, normalize_depth
 from .images import LATENT_CHANNELS, ImageBatch, images_to_tensor, postprocess, to_uint8_images
 from .models import use_reference_arithmetic
+from .offload import LowMemoryGroup, ModelWeights, enable_low_memory
 from .text import encode_prompt
 from .utils.random import randn_tensor
 
 __all__ = ["Depth2ImgPipeline", "Depth2ImgPipelineOutput"]
-
-COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "depth_estimator", "feature_extractor")
 
 
 @dataclass
@@ -114,6 +115,8 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         self.scheduler = scheduler
         self.depth_estimator = depth_estimator
         self.feature_extractor = feature_extractor
+        # Where the large models' weights live when loaded with low_memory=True (None: always resident).
+        self.low_memory: LowMemoryGroup | None = None
         self._progress_bar_config: dict[str, Any] = {}
         self._guidance_scale = 7.5
         self._clip_skip: int | None = None
@@ -128,8 +131,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     def _modules(self) -> list[torch.nn.Module]:
         # the UNet first: it holds most of the weights and decides the pipeline's device and dtype
-        order = ("unet", "vae", "text_encoder", "depth_estimator")
-        return [m for m in (getattr(self, name) for name in order) if isinstance(m, torch.nn.Module)]
+        return [m for m in (getattr(self, name) for name in LARGE_MODELS) if isinstance(m, torch.nn.Module)]
 
     def to(self, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move (and/or cast) every model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``,
@@ -143,19 +145,23 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"to(dtype=...) needs a floating dtype such as torch.float16, got {dtype}")
-        from .offload import move_module  # low_memory: a released model only records where to load to
-
         for module in self._modules():
-            move_module(module, device, dtype)
+            weights = self._weights_of(module)
+            if weights is None:
+                module.to(device=device, dtype=dtype)
+            else:  # low_memory: a released model only records where to load to
+                weights.move(device, dtype)
         return self
 
     @property
     def device(self) -> torch.device:
         """Device of the models (of the UNet, which all others follow)."""
-        from .offload import module_device  # low_memory: a released model's weights are meta tensors
-
         for module in self._modules():
-            return module_device(module)
+            weights = self._weights_of(module)
+            if weights is not None:  # low_memory: a released model's weights are meta tensors
+                return weights.device
+            first = next(module.parameters(), None)
+            return first.device if first is not None else torch.device("cpu")
         return torch.device("cpu")
 
     @property
@@ -166,6 +172,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         return torch.float32
 
     _execution_device = device  # the reference's name for it
+
+    def _weights_of(self, module: torch.nn.Module) -> ModelWeights | None:
+        """Where ``module``'s weights live, for a model of a low-memory pipeline (None otherwise)."""
+        return self.low_memory.weights_of(module) if self.low_memory is not None else None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -194,31 +204,20 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         ``low_memory=True`` keeps each large model in memory only while it runs (peak memory about the UNet's
         weights plus activations instead of all models; same images, a little slower): see depth2img/offload.py.
         """
-        from .loading.pipeline_folder import DEFAULT_REPO_ID, load_pipeline
+        from .loading.pipeline_folder import load_components
 
         if not isinstance(low_memory, bool):
             raise TypeError(f"low_memory must be True or False, got {low_memory!r}")
-        pipe = load_pipeline(
-            cls,
+        loaded = load_components(
             pretrained_model_name_or_path,
             torch_dtype=None if low_memory else torch_dtype,  # low_memory converts each model when it loads
             variant=variant,
             local_files_only=local_files_only,
             **component_overrides,
         )
-        # --- low_memory: implemented in depth2img/offload.py ---
-        if low_memory:
-            from .offload import enable_low_memory
-
-            enable_low_memory(
-                pipe,
-                DEFAULT_REPO_ID if pretrained_model_name_or_path is None else pretrained_model_name_or_path,
-                variant=variant,
-                torch_dtype=torch_dtype,
-                given=component_overrides,
-                hub_options={k: v for k, v in component_overrides.items() if k in ("revision", "cache_dir", "token")},
-            )
-        # --- end of low_memory ---
+        pipe = cls(**loaded.components)
+        if low_memory:  # implemented in depth2img/offload.py, from the files the loader recorded
+            pipe.low_memory = enable_low_memory(loaded.components, loaded.files, torch_dtype=torch_dtype)
         return pipe
 
     # --- single-file checkpoints: implemented in depth2img/loading/single_file.py ---
@@ -250,9 +249,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component);
         ``max_shard_size`` splits the UNet's and VAE's weights into shards (default 10GB, as diffusers)."""
         from .loading.pipeline_folder import save_pipeline
-        from .offload import all_weights_loaded  # low_memory: released models load their weights to be saved
 
-        with all_weights_loaded(self):
+        # low_memory: released models load their weights to be saved
+        with self.low_memory.all_loaded() if self.low_memory is not None else contextlib.nullcontext():
             save_pipeline(self, save_directory, variant=variant, max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------ memory and speed toggles
@@ -463,9 +462,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     # ------------------------------------------------------------------ input checks
     def check_inputs(self, **arguments: Any) -> CallPlan:
-        """Check the arguments of a call (as keywords), raising one clear error before any model runs; see
-        ``depth2img.call_checks.check_call``."""
-        return check_call(self, **arguments)
+        """Check the arguments of a call (as keywords, every one but the deprecated ``callback``/``callback_steps``),
+        raising one clear error before any model runs; see ``depth2img.call_checks``."""
+        return check_call(self, CallArguments(**arguments))
 
     # ------------------------------------------------------------------ the call
     @torch.no_grad()
@@ -530,16 +529,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                     FutureWarning,
                     stacklevel=3,
                 )
-        plan = self.check_inputs(
-            prompt=prompt, image=image, depth_map=depth_map, strength=strength,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, output_type=output_type,
-            cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            callback=callback, callback_steps=callback_steps,
-        )  # fmt: skip
+        plan = check_call(self, CallArguments.from_locals(locals()))
         self._guidance_scale = guidance_scale
         self._clip_skip = clip_skip
         self._cross_attention_kwargs = cross_attention_kwargs

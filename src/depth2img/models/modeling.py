@@ -1,7 +1,8 @@
 """The base class of our models: an ``nn.Module`` that remembers its config.
 
-Loading and saving (``from_pretrained`` / ``save_pretrained``) are implemented in ``depth2img.loading`` and
-exposed here as methods, so a model class is only its architecture.
+Loading and saving (``from_pretrained`` / ``save_pretrained``) are implemented in ``depth2img.loading.model_folder``
+(which knows no model class, so the import goes one way) and exposed here as methods, so a model class is only its
+architecture.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from ..configuration import ConfigMixin
+from ..loading.model_folder import load_model, save_model
 
 __all__ = ["ModelMixin"]
 
@@ -58,8 +60,6 @@ class ModelMixin(nn.Module, ConfigMixin):
         ``token``. Offline (``local_files_only=True`` or ``HF_HUB_OFFLINE=1``) only the local cache is used.
         The model is returned in eval mode.
         """
-        from ..loading.model_folder import load_model
-
         return load_model(
             cls,
             pretrained_model_name_or_path,
@@ -80,8 +80,6 @@ class ModelMixin(nn.Module, ConfigMixin):
         """Write ``config.json`` and ``diffusion_pytorch_model[.variant].safetensors`` (or ``.bin``), atomically;
         weights above ``max_shard_size`` (bytes, or e.g. ``"5GB"``, ``"500MB"``, ``"2GiB"``; default 10GB as
         diffusers) are split into ``-00001-of-0000N`` shards with a ``.index.json``."""
-        from ..loading.model_folder import save_model
-
         return save_model(
             self, save_directory, variant=variant, safe_serialization=safe_serialization, max_shard_size=max_shard_size
         )

@@ -7,24 +7,11 @@ all of them. ``get_scheduler("dpm++2m-karras", config)`` builds one from a short
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .base import SchedulerMixin, SchedulerOutput
+from .classes import SCHEDULER_MODULES, scheduler_class
 from .registry import SCHEDULER_PRESETS, SchedulerPreset, get_scheduler, scheduler_names
-
-# class name -> module (in this package) that defines it
-SCHEDULER_MODULES = {
-    "DDPMScheduler": "ddpm",
-    "DDIMScheduler": "ddim",
-    "PNDMScheduler": "pndm",
-    "LMSDiscreteScheduler": "lms",
-    "EulerDiscreteScheduler": "euler",
-    "EulerAncestralDiscreteScheduler": "euler_ancestral",
-    "HeunDiscreteScheduler": "heun",
-    "DPMSolverMultistepScheduler": "dpm_solver_multistep",
-    "UniPCMultistepScheduler": "unipc",
-}
 
 __all__ = [
     "SCHEDULER_MODULES",
@@ -37,14 +24,6 @@ __all__ = [
     "scheduler_names",
     *SCHEDULER_MODULES,
 ]
-
-
-def scheduler_class(name: str) -> type[SchedulerMixin]:
-    """The scheduler class called ``name`` (a diffusers ``_class_name``), with a clear error if unknown."""
-    if name not in SCHEDULER_MODULES:
-        raise ValueError(f"unknown scheduler class {name!r}; available: {', '.join(SCHEDULER_MODULES)}")
-    module = importlib.import_module(f".{SCHEDULER_MODULES[name]}", __name__)
-    return getattr(module, name)
 
 
 def __getattr__(name: str) -> Any:

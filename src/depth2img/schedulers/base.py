@@ -367,6 +367,6 @@ class AlphaBarScheduler(SchedulerMixin):
 
 @functools.cache
 def _all_scheduler_keys() -> frozenset[str]:
-    from . import SCHEDULER_MODULES, scheduler_class
+    from .classes import SCHEDULER_MODULES, scheduler_class
 
     return frozenset(key for name in SCHEDULER_MODULES for key in init_parameters(scheduler_class(name)))

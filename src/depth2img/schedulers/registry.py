@@ -69,7 +69,7 @@ def _normalise(name: str) -> str:
 
 
 def _lookup() -> dict[str, SchedulerPreset]:
-    from . import SCHEDULER_MODULES
+    from .classes import SCHEDULER_MODULES
 
     table: dict[str, SchedulerPreset] = {}
     for class_name in SCHEDULER_MODULES:  # a bare class name: the class with its own defaults
@@ -108,7 +108,7 @@ def get_scheduler(name: str, base_config: Mapping[str, Any] | Any = None, **over
     The preset's options, then ``overrides``, are applied on top.
     ``base_config`` may also be a scheduler (its ``.config`` is used).
     """
-    from . import scheduler_class
+    from .classes import scheduler_class
 
     preset = resolve_scheduler_name(name)
     cls = scheduler_class(preset.class_name)

@@ -1,1 +1,1 @@
-"""Small helpers with no model knowledge: atomic files, logging."""
+"""Small helpers with no model knowledge: atomic files, dtypes, memory, random tensors."""
