@@ -277,9 +277,9 @@ def enable_low_memory(
     Components in ``given`` (passed to ``from_pretrained`` as objects) stay resident and as they are, as do models
     whose parameters cannot all be matched to their weights file (with a warning).
     """
-    from .loading.model_folder import resolve_dtype
+    from .loading.load_options import resolve_dtypes
 
-    dtype = resolve_dtype(torch_dtype)
+    dtypes = resolve_dtypes(torch_dtype)  # one dtype, or one per component
     names = [name for name in OFFLOADED_COMPONENTS if name not in set(given)]
     folders = _component_folders(source, names, hub_options or {})
     group = LowMemoryGroup()
@@ -293,6 +293,7 @@ def enable_low_memory(
                 f"low_memory: the {name} stays in memory: its parameters could not be matched to a weights file",
                 stacklevel=3,
             )
+        dtype = dtypes.for_component(name)
         if dtype is not None:  # the models were loaded in the files' dtype; released ones cast when they load
             move_module(module, None, dtype)
     pipe._low_memory = group

@@ -179,10 +179,12 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike | None = None,
-        torch_dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
         variant: str | None = None,
         local_files_only: bool = False,
         low_memory: bool = False,
+        dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
+        device_map: str | torch.device | int | None = None,
         **component_overrides: Any,
     ) -> Depth2ImgPipeline:
         """Load a pipeline folder (``model_index.json`` + one subfolder per component) or a Hub repo id.
@@ -191,17 +193,23 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         ``stabilityai/stable-diffusion-2-depth`` works too). Folders written by diffusers' ``save_pretrained``
         load unchanged. Keyword arguments named like components (``scheduler=...``, ``depth_estimator=None``)
         replace them instead of loading them; ``revision``, ``cache_dir`` and ``token`` go to the Hub.
+        ``torch_dtype`` (or ``dtype``, diffusers' newer name) is one dtype or a per-component mapping such as
+        ``{"unet": torch.bfloat16, "default": torch.float32}``; ``device_map`` names one device to load onto
+        (``"cpu"``, ``"cuda"``); see depth2img/loading/load_options.py.
         ``low_memory=True`` keeps each large model in memory only while it runs (peak memory about the UNet's
         weights plus activations instead of all models; same images, a little slower): see depth2img/offload.py.
         """
+        from .loading.load_options import resolve_device_map, resolve_dtypes
         from .loading.pipeline_folder import DEFAULT_REPO_ID, load_pipeline
 
         if not isinstance(low_memory, bool):
             raise TypeError(f"low_memory must be True or False, got {low_memory!r}")
+        dtypes = resolve_dtypes(torch_dtype, dtype)  # both checked before anything loads
+        device = resolve_device_map(device_map)
         pipe = load_pipeline(
             cls,
             pretrained_model_name_or_path,
-            torch_dtype=None if low_memory else torch_dtype,  # low_memory converts each model when it loads
+            torch_dtype=None if low_memory else dtypes,  # low_memory converts each model when it loads
             variant=variant,
             local_files_only=local_files_only,
             **component_overrides,
@@ -214,12 +222,12 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 pipe,
                 DEFAULT_REPO_ID if pretrained_model_name_or_path is None else pretrained_model_name_or_path,
                 variant=variant,
-                torch_dtype=torch_dtype,
+                torch_dtype=dtypes,
                 given=component_overrides,
                 hub_options={k: v for k, v in component_overrides.items() if k in ("revision", "cache_dir", "token")},
             )
         # --- end of low_memory ---
-        return pipe
+        return pipe if device is None else pipe.to(device)
 
     # --- single-file checkpoints: implemented in depth2img/loading/single_file.py ---
     @classmethod
@@ -245,21 +253,31 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
     # --- end of single-file checkpoints ---
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, variant: str | None = None, max_shard_size: int | str | None = None
+        self,
+        save_directory: str | os.PathLike,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        safe_serialization: bool = True,
     ) -> None:
         """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component);
-        ``max_shard_size`` splits the UNet's and VAE's weights into shards (default 10GB, as diffusers)."""
+        ``max_shard_size`` splits the UNet's and VAE's weights into shards (default 10GB, as diffusers);
+        ``safe_serialization=False`` writes our models' weights as ``.bin`` instead of safetensors (transformers 5
+        writes safetensors whatever is asked)."""
         from .loading.pipeline_folder import save_pipeline
         from .offload import all_weights_loaded  # low_memory: released models load their weights to be saved
 
         with all_weights_loaded(self):
-            save_pipeline(self, save_directory, variant=variant, max_shard_size=max_shard_size)
+            save_pipeline(
+                self, save_directory, variant=variant, max_shard_size=max_shard_size,
+                safe_serialization=safe_serialization,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ memory and speed toggles
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
-        """Compute attention in slices ("auto": two per head, "max": one at a time, or an int slice size):
-        less memory, a little slower. Applies to every model that supports it."""
-        self._call_on_models("set_attention_slice", slice_size, required=("unet",))
+        """Compute the UNet's attention in slices ("auto": two per head, "max": one at a time, or an int slice
+        size): less memory, a little slower. Only the UNet, as the reference: the VAE's one attention layer has a
+        single head and its memory is governed by VAE slicing/tiling instead."""
+        self._call_on_models("set_attention_slice", slice_size, names=("unet",), required=("unet",))
 
     def disable_attention_slicing(self) -> None:
         """Compute attention in one step again."""
@@ -308,12 +326,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         required: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
-        for name in names:
-            model = getattr(self, name, None)
-            if model is not None and hasattr(model, method):
-                getattr(model, method)(*args, **kwargs)
-            elif name in required:
-                raise NotImplementedError(f"the {name} ({type(model).__name__}) does not support {method}()")
+        """All-or-nothing: a refused switch leaves every model as it was (depth2img/model_switches.py)."""
+        from .model_switches import call_on_models
+
+        call_on_models({name: getattr(self, name, None) for name in names}, method, *args, required=required, **kwargs)
 
     # ------------------------------------------------------------------ progress bar
     def set_progress_bar_config(self, **kwargs: Any) -> None:

@@ -18,8 +18,8 @@ import torch
 from ..configuration import load_json
 from ..utils.files import atomic_write_text
 from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
-from .model_folder import resolve_dtype
-from .weights import parse_shard_size, variant_name
+from .load_options import resolve_dtypes
+from .weights import VariantNotFoundError, parse_shard_size, variant_name
 
 if TYPE_CHECKING:
     from ..pipeline import Depth2ImgPipeline
@@ -54,7 +54,7 @@ def load_pipeline(
     cls: type[Depth2ImgPipeline],
     name_or_path: str | os.PathLike | None = None,
     *,
-    torch_dtype: torch.dtype | str | None = None,
+    torch_dtype: Any = None,
     variant: str | None = None,
     local_files_only: bool = False,
     **kwargs: Any,
@@ -70,7 +70,7 @@ def load_pipeline(
             f"local_files_only, {', '.join(_HUB_OPTIONS)}, and components to use as they are: "
             f"{', '.join(COMPONENT_NAMES)}"
         )
-    dtype = resolve_dtype(torch_dtype)
+    dtypes = resolve_dtypes(torch_dtype)  # one dtype, or one per component (load_options.py)
     source = _resolve_source(DEFAULT_REPO_ID if name_or_path is None else name_or_path, local_files_only, hub_options)
     index_path = resolve_folder(source, allow_patterns=[INDEX_NAME], local_files_only=local_files_only, **hub_options)
     index = load_json(index_path / INDEX_NAME)
@@ -87,7 +87,7 @@ def load_pipeline(
             continue
         library, class_name = _entry(entry, name, index_path / INDEX_NAME)
         loader = _component_loader(library, class_name, name)
-        components[name] = loader(source, name, dtype, variant, local_files_only, hub_options)
+        components[name] = loader(source, name, dtypes.for_component(name), variant, local_files_only, hub_options)
     return cls(**components)
 
 
@@ -218,6 +218,12 @@ def _fetch_transformers_files(source, name, variant, is_model, local_files_only,
         )
         if any(folder.glob(variant_name("*.safetensors", variant))) or any(folder.glob("*.bin")):
             return folder
+    if variant and not any(folder.glob(variant_name("*.bin", variant))):
+        present = sorted(p.name for p in folder.glob("*.safetensors")) + sorted(p.name for p in folder.glob("*.bin"))
+        raise VariantNotFoundError(
+            f"no {variant!r} variant of the {name} in {folder}: expected {variant_name('model.safetensors', variant)}"
+            + (f"; found {', '.join(present)} (load without variant=...)" if present else "")
+        )
     return folder  # let transformers name what is missing
 
 
@@ -259,14 +265,18 @@ def save_pipeline(
     save_directory: str | os.PathLike,
     variant: str | None = None,
     max_shard_size: int | str | None = None,
+    safe_serialization: bool = True,
 ) -> Path:
     """Write every component into its subfolder, then ``model_index.json`` (last, so a folder with an index is
-    complete); returns the folder. ``max_shard_size`` applies to our models (UNet, VAE)."""
+    complete); returns the folder. ``max_shard_size`` and ``safe_serialization`` apply to our models (UNet, VAE),
+    and ``safe_serialization`` also to transformers models whose ``save_pretrained`` still takes it (4.x)."""
     from .. import __version__
     from ..models.modeling import ModelMixin
     from ..pipeline import COMPONENT_NAMES
 
     parse_shard_size(max_shard_size)  # a bad size is reported before anything is written
+    if not isinstance(safe_serialization, bool):
+        raise TypeError(f"safe_serialization must be True or False, got {safe_serialization!r}")
     _refuse_wrapped_layers(pipe, COMPONENT_NAMES)
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -282,9 +292,17 @@ def save_pipeline(
             options["variant"] = variant
         if isinstance(component, ModelMixin):
             options["max_shard_size"] = max_shard_size
+        if isinstance(component, torch.nn.Module) and _takes_keyword(component.save_pretrained, "safe_serialization"):
+            options["safe_serialization"] = safe_serialization
         component.save_pretrained(target, **options)
     atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return folder
+
+
+def _takes_keyword(function: Any, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(function).parameters
 
 
 def _refuse_wrapped_layers(pipe: Depth2ImgPipeline, names: tuple[str, ...] | list[str]) -> None:
