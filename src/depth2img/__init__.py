@@ -18,6 +18,7 @@ _EXPORTS = {
     "Depth2ImgPipeline": ".pipeline",
     "Depth2ImgPipelineOutput": ".pipeline",
     "DPTPreprocessor": ".depth",
+    "load_depth_estimator": ".depth_models",
     "UNet2DConditionModel": ".models",
     "AutoencoderKL": ".models",
     "use_reference_arithmetic": ".models",

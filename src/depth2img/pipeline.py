@@ -119,6 +119,8 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         self._clip_skip: int | None = None
         self._cross_attention_kwargs: dict[str, Any] | None = None
         self._num_timesteps = 0
+        self.depth_invert: bool | None = None  # set_depth_options (depth2img/depth_models.py)
+        self.depth_normalize = "image"
 
     # ------------------------------------------------------------------ components, device, dtype
     @property
@@ -271,6 +273,21 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 self, save_directory, variant=variant, max_shard_size=max_shard_size,
                 safe_serialization=safe_serialization,
             )  # fmt: skip
+
+    # ------------------------------------------------------------------ depth options
+    def set_depth_options(self, invert: bool | None = None, normalize: str = "image") -> None:
+        """How the depth estimator's output becomes the conditioning: ``invert`` turns a distance (metric depth)
+        into inverse depth (None: decided from the estimator's config, see depth2img/depth_models.py);
+        ``normalize`` scales each depth map to [-1, 1] by its own range ("image", the reference's) or by the
+        range of the whole batch of a call ("batch"). ``invert`` applies to estimated depth, ``normalize`` to estimated
+        and given depth maps alike. Each call sets both (the defaults restore the reference's behaviour)."""
+        from .depth import DEPTH_NORMALIZE_MODES
+
+        if invert is not None and not isinstance(invert, bool):
+            raise TypeError(f"invert must be True, False or None (detect from the model), got {invert!r}")
+        if normalize not in DEPTH_NORMALIZE_MODES:
+            raise ValueError(f"normalize={normalize!r} is not allowed; use 'image' (per image) or 'batch'")
+        self.depth_invert, self.depth_normalize = invert, normalize
 
     # ------------------------------------------------------------------ memory and speed toggles
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
@@ -425,10 +442,14 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
     ) -> torch.Tensor:
         """The depth conditioning (total x guidance copies, 1, h, w) in [-1, 1], estimated once per image."""
         if depth is None:
-            depth = estimate_depth(self.depth_estimator, self.feature_extractor, to_uint8_images(images), device, dtype)
+            pixels = to_uint8_images(images)
+            depth = estimate_depth(
+                self.depth_estimator, self.feature_extractor, pixels, device, dtype, self.depth_invert
+            )
         else:
             depth = depth.to(device=device, dtype=dtype)
-        depth = _one_per_output(normalize_depth(depth, latent_size, dtype), total, num_images_per_prompt)
+        depth = normalize_depth(depth, latent_size, dtype, self.depth_normalize)
+        depth = _one_per_output(depth, total, num_images_per_prompt)
         return torch.cat([depth] * 2) if do_classifier_free_guidance else depth
 
     def prepare_latents(

@@ -32,7 +32,8 @@ def estimate_depth(pipe: Any, image: Image.Image) -> torch.Tensor:
     from ..images import describe_images, to_uint8_images
 
     pixels = to_uint8_images(describe_images(image))
-    return estimate(pipe.depth_estimator, pipe.feature_extractor, pixels, pipe.device, pipe.dtype)
+    invert = getattr(pipe, "depth_invert", None)  # --depth-invert (cli/depth_model_options.py)
+    return estimate(pipe.depth_estimator, pipe.feature_extractor, pixels, pipe.device, pipe.dtype, invert)
 
 
 def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

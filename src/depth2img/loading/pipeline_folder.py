@@ -195,7 +195,7 @@ def _transformers_loader(class_name: str, name: str):
         if not is_model:  # tokenizer
             return _load_tokenizer(component_cls, folder)
         return component_cls.from_pretrained(
-            folder, variant=variant, local_files_only=True, **{_dtype_keyword(): dtype or torch.float32}
+            folder, variant=variant, local_files_only=True, **{transformers_dtype_keyword(): dtype or torch.float32}
         ).eval()
 
     return load
@@ -227,7 +227,7 @@ def _fetch_transformers_files(source, name, variant, is_model, local_files_only,
     return folder  # let transformers name what is missing
 
 
-def _dtype_keyword() -> str:
+def transformers_dtype_keyword() -> str:
     """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
     import transformers
 
