@@ -198,8 +198,23 @@ def test_batch_normalisation_uses_one_range_for_the_whole_batch():
 
 def test_depth_options_are_checked():
     pipe = load_ours(tiny_folder())
-    with pytest.raises(ValueError, match="normalize='video' is not allowed; use 'image' \\(per image\\) or 'batch'"):
-        pipe.set_depth_options(normalize="video")
+    for bad in ("video", (1.0, 1.0), (0, float("nan")), (0, 1, 2), (False, 1)):
+        with pytest.raises(ValueError, match="normalize=.* is not allowed; use 'image' \\(per image\\), 'batch'"):
+            pipe.set_depth_options(normalize=bad)
     with pytest.raises(TypeError, match="invert must be True, False or None"):
         pipe.set_depth_options(invert="yes")
     assert (pipe.depth_invert, pipe.depth_normalize) == (None, "image")
+
+
+def test_a_fixed_range_scales_every_call_alike():
+    """Two calls, one image each, with the range of both: together they equal one batch-normalised call."""
+    from depth2img.depth import estimate_depth, normalize_depth
+
+    model, processor = build("depth_anything")
+    with torch.no_grad():
+        depth = estimate_depth(model, processor, images(), CPU, torch.float32)
+    batch = normalize_depth(depth, (3, 5), torch.float32, "batch")
+    resized = torch.nn.functional.interpolate(depth[:, None], size=(3, 5), mode="bicubic")
+    fixed = (float(resized.min()), float(resized.max()))
+    one_by_one = torch.cat([normalize_depth(depth[k : k + 1], (3, 5), torch.float32, fixed) for k in range(2)])
+    assert max_diff(one_by_one, batch) <= 1e-6

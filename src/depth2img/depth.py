@@ -26,6 +26,8 @@ __all__ = [
     "DEPTH_NORMALIZE_MODES",
     "DPTPreprocessor",
     "DepthInputs",
+    "DepthNormalize",
+    "check_depth_normalize",
     "depth_map_batch",
     "depth_map_to_tensor",
     "estimate_depth",
@@ -235,21 +237,44 @@ def depth_map_batch(depth_map: Any) -> int:
 
 # ---------------------------------------------------------------------------------------------- to latent size
 DEPTH_NORMALIZE_MODES = ("image", "batch")
+DepthNormalize = str | tuple[float, float]  # "image", "batch", or a fixed (low, high) range
+
+
+def check_depth_normalize(mode: Any) -> DepthNormalize:
+    """``mode`` if valid: "image", "batch", or a (low, high) pair of finite numbers with low < high."""
+    if isinstance(mode, str) and mode in DEPTH_NORMALIZE_MODES:
+        return mode
+    if isinstance(mode, (tuple, list)) and len(mode) == 2 and all(_is_number(v) for v in mode):
+        low, high = float(mode[0]), float(mode[1])
+        if math.isfinite(low) and math.isfinite(high) and low < high:
+            return (low, high)
+    raise ValueError(
+        f"depth normalize={mode!r} is not allowed; use 'image' (per image), 'batch' (one range for the batch) or a "
+        "(low, high) range with low < high"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def normalize_depth(
-    depth: torch.Tensor, size: tuple[int, int], dtype: torch.dtype, mode: str = "image"
+    depth: torch.Tensor, size: tuple[int, int], dtype: torch.dtype, mode: DepthNormalize = "image"
 ) -> torch.Tensor:
     """(B, H, W) depth → (B, 1, h, w): bicubic resize to ``size``, then scaled to [-1, 1] by the min and max of each
-    map (``mode="image"``, the reference's) or of the whole batch (``mode="batch"``: the maps keep their relative
-    depths, so frames of a video stay consistent). A constant map (no depth structure) becomes all zeros rather
-    than the reference's NaN."""
-    if mode not in DEPTH_NORMALIZE_MODES:
-        raise ValueError(f"depth normalize={mode!r} is not allowed; use 'image' (per image) or 'batch'")
+    map (``mode="image"``, the reference's), of the whole batch (``"batch"``: the maps keep their relative depths,
+    so frames of a video stay consistent), or by a fixed ``(low, high)`` range (the same scale across calls, e.g.
+    over all frames of a video made one call at a time). A constant map (no depth structure) becomes all zeros
+    rather than the reference's NaN."""
+    mode = check_depth_normalize(mode)
     depth = torch.nn.functional.interpolate(depth.unsqueeze(1), size=size, mode="bicubic", align_corners=False)
-    dims = [1, 2, 3] if mode == "image" else [0, 1, 2, 3]
-    depth_min = torch.amin(depth, dim=dims, keepdim=True)
-    depth_max = torch.amax(depth, dim=dims, keepdim=True)
+    if isinstance(mode, tuple):
+        depth_min = torch.tensor(mode[0], dtype=depth.dtype, device=depth.device)
+        depth_max = torch.tensor(mode[1], dtype=depth.dtype, device=depth.device)
+    else:
+        dims = [1, 2, 3] if mode == "image" else [0, 1, 2, 3]
+        depth_min = torch.amin(depth, dim=dims, keepdim=True)
+        depth_max = torch.amax(depth, dim=dims, keepdim=True)
     spread = depth_max - depth_min
     flat = spread == 0
     if bool(flat.any()):

@@ -275,19 +275,18 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
             )  # fmt: skip
 
     # ------------------------------------------------------------------ depth options
-    def set_depth_options(self, invert: bool | None = None, normalize: str = "image") -> None:
+    def set_depth_options(self, invert: bool | None = None, normalize: str | tuple[float, float] = "image") -> None:
         """How the depth estimator's output becomes the conditioning: ``invert`` turns a distance (metric depth)
         into inverse depth (None: decided from the estimator's config, see depth2img/depth_models.py);
-        ``normalize`` scales each depth map to [-1, 1] by its own range ("image", the reference's) or by the
-        range of the whole batch of a call ("batch"). ``invert`` applies to estimated depth, ``normalize`` to estimated
-        and given depth maps alike. Each call sets both (the defaults restore the reference's behaviour)."""
-        from .depth import DEPTH_NORMALIZE_MODES
+        ``normalize`` scales each depth map to [-1, 1] by its own range ("image", the reference's), by the range
+        of the whole batch of a call ("batch"), or by a fixed ``(low, high)`` range (one scale across calls).
+        ``invert`` applies to estimated depth, ``normalize`` to estimated and given depth maps alike. Each call
+        sets both (the defaults restore the reference's behaviour)."""
+        from .depth import check_depth_normalize
 
         if invert is not None and not isinstance(invert, bool):
             raise TypeError(f"invert must be True, False or None (detect from the model), got {invert!r}")
-        if normalize not in DEPTH_NORMALIZE_MODES:
-            raise ValueError(f"normalize={normalize!r} is not allowed; use 'image' (per image) or 'batch'")
-        self.depth_invert, self.depth_normalize = invert, normalize
+        self.depth_invert, self.depth_normalize = invert, check_depth_normalize(normalize)
 
     # ------------------------------------------------------------------ memory and speed toggles
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
