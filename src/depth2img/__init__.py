@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_depth_estimator": ".depth_models",
     "UNet2DConditionModel": ".models",
     "AutoencoderKL": ".models",
+    "AutoencoderTiny": ".models",
     "use_reference_arithmetic": ".models",
     "DDPMScheduler": ".schedulers",
     "DDIMScheduler": ".schedulers",

@@ -79,9 +79,13 @@ def _one_per_output(batch: torch.Tensor, total: int, num_images_per_prompt: int)
     return batch.repeat_interleave(num_images_per_prompt, dim=0)
 
 
-def _latent_distribution(encoded: Any) -> Any:
-    """Our VAE's ``encode`` returns the distribution; diffusers-style VAEs wrap it in ``.latent_dist``."""
-    return getattr(encoded, "latent_dist", encoded)
+def _encoded_latents(encoded: Any, generator: torch.Generator | None) -> torch.Tensor:
+    """Latents from a VAE's ``encode`` output, as diffusers' ``retrieve_latents``: a sample of the distribution
+    (ours returns it directly, diffusers-style VAEs wrap it in ``.latent_dist``), or the ``.latents`` of a VAE
+    without one (TAESD), which draws nothing from the generator."""
+    if hasattr(encoded, "latents"):
+        return encoded.latents
+    return getattr(encoded, "latent_dist", encoded).sample(generator)
 
 
 class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins: adapters (depth2img/adapters)
@@ -119,6 +123,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         self._clip_skip: int | None = None
         self._cross_attention_kwargs: dict[str, Any] | None = None
         self._num_timesteps = 0
+        self.preview_vae: Any = None  # a fast decoder for previews, e.g. TAESD (depth2img/previews.py)
         self.depth_invert: bool | None = None  # set_depth_options (depth2img/depth_models.py)
         self.depth_normalize = "image"
 
@@ -130,7 +135,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     def _modules(self) -> list[torch.nn.Module]:
         # the UNet first: it holds most of the weights and decides the pipeline's device and dtype
-        order = ("unet", "vae", "text_encoder", "depth_estimator")
+        order = ("unet", "vae", "text_encoder", "depth_estimator", "preview_vae")
         return [m for m in (getattr(self, name) for name in order) if isinstance(m, torch.nn.Module)]
 
     def to(self, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -174,7 +179,8 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         """Pixels per latent along each side: 2^(VAE blocks - 1), 8 for SD2."""
         if self.vae is None:
             return 8
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        config = self.vae.config  # TAESD configs written by us need not repeat decoder_block_out_channels
+        return 2 ** (len(config.get("block_out_channels") or config.decoder_block_out_channels) - 1)
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -273,6 +279,15 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 self, save_directory, variant=variant, max_shard_size=max_shard_size,
                 safe_serialization=safe_serialization,
             )  # fmt: skip
+
+    # ------------------------------------------------------------------ previews
+    def decode_preview(self, latents: torch.Tensor, output_type: str = "pil") -> Any:
+        """Images from the latents of a step (e.g. in ``callback_on_step_end``), decoded by ``pipe.preview_vae``
+        (TAESD: a few milliseconds) or, without one, by the pipeline's VAE. ``output_type``: "pil", "np" or
+        "pt". See depth2img/previews.py."""
+        from .previews import decode_preview
+
+        return decode_preview(self, latents, output_type)
 
     # ------------------------------------------------------------------ depth options
     def set_depth_options(self, invert: bool | None = None, normalize: str | tuple[float, float] = "image") -> None:
@@ -474,14 +489,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
             if isinstance(generator, list):
                 image = _one_per_output(image, total, num_images_per_prompt)
                 init_latents = torch.cat(
-                    [
-                        _latent_distribution(self.vae.encode(image[i : i + 1])).sample(generator[i])
-                        for i in range(total)
-                    ],
-                    dim=0,
+                    [_encoded_latents(self.vae.encode(image[i : i + 1]), generator[i]) for i in range(total)], dim=0
                 )
             else:
-                init_latents = _latent_distribution(self.vae.encode(image)).sample(generator)
+                init_latents = _encoded_latents(self.vae.encode(image), generator)
             init_latents = self.vae.config.scaling_factor * init_latents
         init_latents = _one_per_output(init_latents, total, num_images_per_prompt)
         noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=dtype)

@@ -126,7 +126,11 @@ def _component_loader(library: str, class_name: str, name: str):
         return _load_preprocessor
     if name == "scheduler":
         return _scheduler_loader(class_name)
-    if library in ("diffusers", "depth2img") and class_name in ("UNet2DConditionModel", "AutoencoderKL"):
+    if library in ("diffusers", "depth2img") and class_name in (
+        "UNet2DConditionModel",
+        "AutoencoderKL",
+        "AutoencoderTiny",
+    ):
         return _our_model_loader(class_name)
     if library == "transformers":
         return _transformers_loader(class_name, name)
