@@ -138,3 +138,50 @@ def test_one_helper_adds_the_flags_to_any_parser():
     choice = component_choice(parser.parse_args(["--depth-invert", "yes", "--depth-normalize", "batch"]))
     assert (choice.depth_model, choice.depth_invert, choice.depth_normalize) == (None, True, "batch")
     assert component_choice(parser.parse_args([])).depth_invert is None
+
+
+# ---------------------------------------------------------------------------------------------- --vae
+def test_generate_with_vae_path_decodes_with_that_vae(capsys, photos, tmp_path):
+    from depth2img.loading.random_taesd import write_random_taesd
+
+    folder = write_random_taesd(tmp_path / "taesd", config="taesd-tiny")
+    base = ["generate", "-m", tiny_folder(), *FAST, "-i", photos[0], "-p", "a house", "-s", "5"]
+    (default,), _ = run(capsys, *base, "-o", tmp_path / "default.png")
+    (tiny,), _ = run(capsys, *base, "--vae", folder, "-o", tmp_path / "taesd.png")
+    assert levels(tiny).shape == levels(default).shape == (48, 64, 3)
+    assert not np.array_equal(levels(tiny), levels(default))
+    with Image.open(tiny) as image:
+        assert json.loads(image.text["depth2img"])["vae"] == str(folder.resolve())
+    (replay,), _ = run(capsys, "generate", "-m", tiny_folder(), *FAST, "--from-png", tiny, "-o", tmp_path / "r")
+    np.testing.assert_array_equal(levels(replay), levels(tiny))
+
+
+def test_vae_taesd_offline_and_not_cached_is_one_line_naming_the_repo(capsys, photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    status = main(["generate", "-m", str(tiny_folder()), *FAST, "-i", str(photos[0]), "-p", "x", "--vae", "taesd",
+                   "-o", str(tmp_path / "o.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "--vae: madebyollin/taesd" in err and "hf download madebyollin/taesd" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "missing", "is neither 'taesd' nor a folder"),
+        (lambda tmp: tmp, "has no config.json"),
+        (lambda tmp: saved("glpn"), "describes GLPNForDepthEstimation, not a VAE; supported: AutoencoderTiny"),
+    ],
+)
+def test_bad_vae_is_a_usage_error_before_loading(capsys, photos, tmp_path, make, message):
+    status = main(["generate", "-m", str(tiny_folder()), *FAST, "-i", str(photos[0]), "-p", "x", "--vae",
+                   str(make(tmp_path)), "-o", str(tmp_path / "o.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_depth_command_has_no_vae_flag(capsys, photos):
+    status = main(["depth", "-m", str(tiny_folder()), "-i", str(photos[0]), "--vae", "taesd"])
+    assert status == 2 and "unrecognized arguments: --vae taesd" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Flags that swap pipeline components, shared by every command that builds a pipeline.
 
-``add_component_arguments(parser)`` adds ``--depth-model``, ``--depth-invert`` and ``--depth-normalize`` (one
-call, so ``generate``, ``depth``, ``batch`` and ``serve`` spell and check them alike). Then, in order:
+``add_component_arguments(parser)`` adds ``--depth-model``, ``--depth-invert``, ``--depth-normalize`` and ``--vae``
+(one call, so ``generate``, ``depth``, ``batch`` and ``serve`` spell and check them alike; ``vae=False`` leaves
+``--vae`` out for commands that decode nothing). Then, in order:
 ``component_choice(args)`` checks the values before anything loads, ``load_components(choice, ...)`` loads the
 chosen models as ``from_pretrained`` overrides, and ``apply_component_options(pipe, choice)`` sets the depth
 options on the loaded pipeline. Defaults are None in the parser so ``generate --from-png`` can tell typed flags
@@ -11,6 +12,7 @@ from defaults; ``component_choice`` fills them in.
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +29,27 @@ __all__ = [
     "load_components",
 ]
 
-COMPONENT_DEFAULTS: dict[str, Any] = {"depth_model": None, "depth_invert": "auto", "depth_normalize": "image"}
+COMPONENT_DEFAULTS: dict[str, Any] = {
+    "depth_model": None,
+    "depth_invert": "auto",
+    "depth_normalize": "image",
+    "vae": None,
+}
+TAESD_NAME = "taesd"  # --vae taesd: madebyollin's TAESD from the Hub
+TAESD_REPO_ID = "madebyollin/taesd"
 _INVERT = {"auto": None, "yes": True, "no": False}
+_VAE_CLASSES = ("AutoencoderTiny", "AutoencoderKL")
 
 
-def add_component_arguments(parser: argparse.ArgumentParser | Any) -> None:
+def add_component_arguments(parser: argparse.ArgumentParser | Any, vae: bool = True) -> None:
     """Add the component flags to ``parser`` (a parser or an argument group), in a group of their own."""
+    if vae:
+        vae_group = parser.add_argument_group("VAE") if hasattr(parser, "add_argument_group") else parser
+        vae_group.add_argument(
+            "--vae", metavar="taesd|PATH",
+            help=f"decode (and encode) with another VAE: 'taesd' ({TAESD_REPO_ID}, tiny and fast, softer details) "
+            "or a VAE folder (config.json + weights)",
+        )  # fmt: skip
     group = parser.add_argument_group("depth model") if hasattr(parser, "add_argument_group") else parser
     group.add_argument(
         "--depth-model", metavar="NAME_OR_PATH",
@@ -58,6 +75,7 @@ class ComponentChoice:
     depth_model: str | None = None
     depth_invert: bool | None = None
     depth_normalize: str = "image"
+    vae: str | None = None  # "taesd" or an absolute folder
 
 
 def component_choice(values: Any) -> ComponentChoice:
@@ -83,14 +101,34 @@ def component_choice(values: Any) -> ComponentChoice:
     normalize = get("depth_normalize")
     if normalize not in ("image", "batch"):
         raise CliError(f"--depth-normalize: {normalize!r} is not one of image, batch")
-    return ComponentChoice(model, _INVERT[invert], normalize)
+    return ComponentChoice(model, _INVERT[invert], normalize, _check_vae(get("vae")))
+
+
+def _check_vae(vae: Any) -> str | None:
+    if vae is None or vae == TAESD_NAME:
+        return vae
+    path = Path(str(vae)).expanduser()
+    if not path.is_dir():
+        raise CliError(f"--vae: {vae} is neither '{TAESD_NAME}' nor a folder")
+    config = path / "config.json"
+    if not config.is_file():
+        raise CliError(f"--vae: folder {path} has no config.json (a VAE folder in the diffusers layout)")
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+        class_name = values.get("_class_name") or ", ".join(values.get("architectures") or []) or "no model class"
+    except (OSError, ValueError, AttributeError) as error:
+        raise CliError(f"--vae: {config} is not a valid config file ({error})") from None
+    if class_name not in _VAE_CLASSES:
+        raise CliError(f"--vae: {config} describes {class_name}, not a VAE; supported: {', '.join(_VAE_CLASSES)}")
+    return str(path.resolve())
 
 
 def load_components(choice: ComponentChoice, *, dtype: Any, offline: bool) -> dict[str, Any]:
     """The chosen components as ``from_pretrained`` keyword overrides (empty: keep the checkpoint's own).
     A licence notice is printed as one warning line; loading failures become one-line errors."""
+    components = _load_vae(choice.vae, dtype, offline) if choice.vae else {}
     if choice.depth_model is None:
-        return {}
+        return components
     from ..depth_models import load_depth_estimator
 
     try:
@@ -103,7 +141,25 @@ def load_components(choice: ComponentChoice, *, dtype: Any, offline: bool) -> di
     for notice in notices:
         if "licensed" in str(notice.message):
             warn(str(notice.message))
-    return {"depth_estimator": model, "feature_extractor": processor}
+    return {**components, "depth_estimator": model, "feature_extractor": processor}
+
+
+def _load_vae(vae: str, dtype: Any, offline: bool) -> dict[str, Any]:
+    from .. import models
+    from ..loading.hub import ModelFilesNotFoundError
+
+    source = TAESD_REPO_ID if vae == TAESD_NAME else vae
+    class_name = (
+        "AutoencoderTiny" if vae == TAESD_NAME else json.loads((Path(vae) / "config.json").read_text())["_class_name"]
+    )
+    try:
+        model = getattr(models, class_name).from_pretrained(source, torch_dtype=dtype, local_files_only=offline)
+    except ModelFilesNotFoundError as error:
+        raise CliError(f"--vae: {error}", EXIT_FAILURE) from None
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CliError(f"--vae: cannot load {source}: {reason}", EXIT_FAILURE) from error
+    return {"vae": model}
 
 
 def apply_component_options(pipe: Any, choice: ComponentChoice, depth_range: tuple[float, float] | None = None) -> None:

@@ -46,7 +46,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, else float32), float32, ...")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but the written paths")
-    add_component_arguments(parser)
+    add_component_arguments(parser, vae=False)  # only the depth estimator runs here
     parser.set_defaults(run=run)
 
 

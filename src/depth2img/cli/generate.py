@@ -202,6 +202,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
     settings = resolve_settings(args)
     components = component_choice(settings)
+    settings.depth_model, settings.vae = components.depth_model, components.vae  # recorded as resolved
     images = _input_images(settings)
     user_depth = None
     if settings.depth_map:

@@ -44,6 +44,7 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "depth_model": None,  # the flags of component_options.py, with its defaults
     "depth_invert": "auto",
     "depth_normalize": "image",
+    "vae": None,
 }
 
 # Record keys (one image) that differ from the flag names (one run).
@@ -78,6 +79,7 @@ class GenerateSettings:
     depth_model: str | None
     depth_invert: str
     depth_normalize: str
+    vae: str | None
     # Where the values came from: keys taken from --from-png, and that record's input checksums.
     from_record: set[str] = field(default_factory=set)
     record: dict[str, Any] = field(default_factory=dict)
