@@ -50,6 +50,21 @@ def build(kind: str):
         )  # fmt: skip
         model = transformers.ZoeDepthForDepthEstimation(config)
         processor = transformers.ZoeDepthImageProcessorPil(size={"height": 28, "width": 42}, ensure_multiple_of=14)
+    elif kind == "depth_pro":
+        # Depth Pro's own image processor needs torchvision (never installed here); it resizes to the model's fixed
+        # size and normalises with mean = std = 0.5, which the DPT processor below does too (bilinear resize).
+        backbone = {
+            "model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+            "intermediate_size": 37, "image_size": 32, "patch_size": 8,
+        }  # fmt: skip
+        config = transformers.DepthProConfig(
+            fusion_hidden_size=16, patch_size=32, intermediate_hook_ids=[1, 0], intermediate_feature_dims=[16, 16],
+            scaled_images_ratios=[0.5, 1.0], scaled_images_overlap_ratios=[0.0, 0.25],
+            scaled_images_feature_dims=[16, 16], use_fov_model=False, image_model_config=backbone,
+            patch_model_config=backbone, fov_model_config=backbone,
+        )  # fmt: skip
+        model = transformers.DepthProForDepthEstimation(config)
+        processor = transformers.DPTImageProcessorPil(size={"height": 64, "width": 64}, resample=2)
     elif kind == "glpn":
         config = transformers.GLPNConfig(
             num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],

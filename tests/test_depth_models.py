@@ -72,7 +72,13 @@ def test_the_conversion_is_near_equals_large():
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("depth_anything", "inverse"), ("depth_anything_metric", "metric"), ("zoedepth", "metric"), ("glpn", "metric")],
+    [
+        ("depth_anything", "inverse"),
+        ("depth_anything_metric", "metric"),
+        ("zoedepth", "metric"),
+        ("glpn", "metric"),
+        ("depth_pro", "inverse"),  # its own output is a canonical inverse depth (metres only after post-processing)
+    ],  # fmt: skip
 )
 def test_the_kind_of_depth_is_read_from_the_config(kind, expected):
     from depth2img.depth_models import depth_output_kind
@@ -113,7 +119,7 @@ def generate(pipe, **kwargs):
     ).images  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["depth_anything", "zoedepth"])
+@pytest.mark.parametrize("kind", ["depth_anything", "zoedepth", "depth_pro"])
 def test_an_external_estimator_equals_its_depth_given_as_depth_map(kind):
     from depth2img.depth import estimate_depth
 
@@ -218,3 +224,24 @@ def test_a_fixed_range_scales_every_call_alike():
     fixed = (float(resized.min()), float(resized.max()))
     one_by_one = torch.cat([normalize_depth(depth[k : k + 1], (3, 5), torch.float32, fixed) for k in range(2)])
     assert max_diff(one_by_one, batch) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", ["depth_anything", "zoedepth", "glpn"])
+def test_a_pipeline_with_an_external_estimator_saves_and_loads_back(kind, tmp_path):
+    model, processor = build(kind)
+    pipe = load_ours(tiny_folder(), depth_estimator=model, feature_extractor=processor)
+    pipe.save_pretrained(tmp_path / "p")
+    again = load_ours(tmp_path / "p")
+    assert type(again.depth_estimator) is type(model)
+    assert max_diff(generate(again), generate(pipe)) == 0
+
+
+def test_depth_pro_output_is_used_as_it_is():
+    from depth2img.depth import estimate_depth
+
+    model, processor = build("depth_pro")
+    pixels = images()
+    with torch.no_grad():
+        raw = model(**processor(images=pixels, return_tensors="pt")).predicted_depth
+        ours = estimate_depth(model, processor, pixels, CPU, torch.float32)
+    assert float(raw.std()) > 0 and max_diff(ours, raw) == 0
