@@ -185,3 +185,13 @@ def test_bad_vae_is_a_usage_error_before_loading(capsys, photos, tmp_path, make,
 def test_the_depth_command_has_no_vae_flag(capsys, photos):
     status = main(["depth", "-m", str(tiny_folder()), "-i", str(photos[0]), "--vae", "taesd"])
     assert status == 2 and "unrecognized arguments: --vae taesd" in capsys.readouterr().err
+
+
+def test_vae_tiling_with_taesd_is_refused_before_loading(capsys, photos, tmp_path):
+    from depth2img.loading.random_taesd import write_random_taesd
+
+    folder = write_random_taesd(tmp_path / "taesd", config="taesd-tiny")
+    status = main(["generate", "-m", str(tiny_folder()), *FAST, "-i", str(photos[0]), "-p", "x", "--vae",
+                   str(folder), "--vae-tiling", "-o", str(tmp_path / "o.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "--vae-tiling does not work with TAESD" in err and len(err.strip().splitlines()) == 1

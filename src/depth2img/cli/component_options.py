@@ -76,6 +76,12 @@ class ComponentChoice:
     depth_invert: bool | None = None
     depth_normalize: str = "image"
     vae: str | None = None  # "taesd" or an absolute folder
+    vae_class: str | None = None  # AutoencoderTiny or AutoencoderKL, read from the folder's config
+
+    @property
+    def vae_can_tile(self) -> bool:
+        """TAESD has no tiled decoding: --vae-tiling with it is refused before loading."""
+        return self.vae_class != "AutoencoderTiny"
 
 
 def component_choice(values: Any) -> ComponentChoice:
@@ -101,12 +107,15 @@ def component_choice(values: Any) -> ComponentChoice:
     normalize = get("depth_normalize")
     if normalize not in ("image", "batch"):
         raise CliError(f"--depth-normalize: {normalize!r} is not one of image, batch")
-    return ComponentChoice(model, _INVERT[invert], normalize, _check_vae(get("vae")))
+    return ComponentChoice(model, _INVERT[invert], normalize, *_check_vae(get("vae")))
 
 
-def _check_vae(vae: Any) -> str | None:
-    if vae is None or vae == TAESD_NAME:
-        return vae
+def _check_vae(vae: Any) -> tuple[str | None, str | None]:
+    """(the --vae value, resolved; its class name)."""
+    if vae is None:
+        return None, None
+    if vae == TAESD_NAME:
+        return vae, "AutoencoderTiny"
     path = Path(str(vae)).expanduser()
     if not path.is_dir():
         raise CliError(f"--vae: {vae} is neither '{TAESD_NAME}' nor a folder")
@@ -120,13 +129,13 @@ def _check_vae(vae: Any) -> str | None:
         raise CliError(f"--vae: {config} is not a valid config file ({error})") from None
     if class_name not in _VAE_CLASSES:
         raise CliError(f"--vae: {config} describes {class_name}, not a VAE; supported: {', '.join(_VAE_CLASSES)}")
-    return str(path.resolve())
+    return str(path.resolve()), class_name
 
 
 def load_components(choice: ComponentChoice, *, dtype: Any, offline: bool) -> dict[str, Any]:
     """The chosen components as ``from_pretrained`` keyword overrides (empty: keep the checkpoint's own).
     A licence notice is printed as one warning line; loading failures become one-line errors."""
-    components = _load_vae(choice.vae, dtype, offline) if choice.vae else {}
+    components = _load_vae(choice, dtype, offline) if choice.vae else {}
     if choice.depth_model is None:
         return components
     from ..depth_models import load_depth_estimator
@@ -144,16 +153,14 @@ def load_components(choice: ComponentChoice, *, dtype: Any, offline: bool) -> di
     return {**components, "depth_estimator": model, "feature_extractor": processor}
 
 
-def _load_vae(vae: str, dtype: Any, offline: bool) -> dict[str, Any]:
+def _load_vae(choice: ComponentChoice, dtype: Any, offline: bool) -> dict[str, Any]:
     from .. import models
     from ..loading.hub import ModelFilesNotFoundError
 
-    source = TAESD_REPO_ID if vae == TAESD_NAME else vae
-    class_name = (
-        "AutoencoderTiny" if vae == TAESD_NAME else json.loads((Path(vae) / "config.json").read_text())["_class_name"]
-    )
+    source = TAESD_REPO_ID if choice.vae == TAESD_NAME else choice.vae
+    model_class = getattr(models, choice.vae_class)
     try:
-        model = getattr(models, class_name).from_pretrained(source, torch_dtype=dtype, local_files_only=offline)
+        model = model_class.from_pretrained(source, torch_dtype=dtype, local_files_only=offline)
     except ModelFilesNotFoundError as error:
         raise CliError(f"--vae: {error}", EXIT_FAILURE) from None
     except (OSError, ValueError, KeyError, RuntimeError) as error:

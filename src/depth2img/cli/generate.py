@@ -203,6 +203,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     settings = resolve_settings(args)
     components = component_choice(settings)
     settings.depth_model, settings.vae = components.depth_model, components.vae  # recorded as resolved
+    if settings.vae_tiling and not components.vae_can_tile:
+        raise CliError("--vae-tiling does not work with TAESD (--vae): it has no tiled decoding; drop one of them")
     images = _input_images(settings)
     user_depth = None
     if settings.depth_map:
