@@ -242,8 +242,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
     def from_single_file(
         cls,
         path: str | os.PathLike,
-        torch_dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
         config: str | os.PathLike | None = None,
+        dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
+        device_map: str | torch.device | int | None = None,
         **component_overrides: Any,
     ) -> Depth2ImgPipeline:
         """Load an original SD2-depth checkpoint (``512-depth-ema.ckpt`` / ``.safetensors``), offline.
@@ -252,11 +254,16 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         The architecture comes from ``config``: ``"sd2-depth"`` (default, the published configs shipped with
         the package), ``"tiny"`` or a folder in the same layout. A checkpoint of another kind (e.g. SD1.x/SD2.x
         text-to-image, inpainting) is refused with an error saying what it is. Keyword arguments named like
-        components are used as given instead of being built. See docs/single-file.md.
+        components are used as given instead of being built. ``torch_dtype``/``dtype`` and ``device_map`` as in
+        ``from_pretrained``. See docs/single-file.md.
         """
+        from .loading.load_options import resolve_device_map, resolve_dtypes
         from .loading.single_file import load_single_file
 
-        return load_single_file(cls, path, torch_dtype=torch_dtype, config=config, **component_overrides)
+        dtypes = resolve_dtypes(torch_dtype, dtype)
+        device = resolve_device_map(device_map)
+        pipe = load_single_file(cls, path, torch_dtype=dtypes, config=config, **component_overrides)
+        return pipe if device is None else pipe.to(device)
 
     # --- end of single-file checkpoints ---
 

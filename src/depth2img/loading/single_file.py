@@ -27,7 +27,7 @@ from ..configuration import load_json
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
 from .empty_init import meta_parameter_names, parameters_on_meta
 from .keymaps import KeyMap, convert_state_dict, ldm_unet, ldm_vae, midas_dpt, open_clip
-from .model_folder import resolve_dtype
+from .load_options import resolve_dtypes
 from .random_model import architecture_folder
 from .weights import InvalidWeightsError
 
@@ -131,7 +131,7 @@ def load_single_file(
     pipeline_class: type,
     path: str | os.PathLike,
     *,
-    torch_dtype: torch.dtype | str | None = None,
+    torch_dtype: Any = None,
     config: str | os.PathLike | None = None,
     **components: Any,
 ) -> Any:
@@ -142,7 +142,7 @@ def load_single_file(
             f"from_single_file got unknown argument(s) {', '.join(unknown)}; accepted: torch_dtype, config, and "
             f"components to use as they are: {', '.join(COMPONENTS)}"
         )
-    dtype = resolve_dtype(torch_dtype)
+    dtypes = resolve_dtypes(torch_dtype)  # one dtype, or one per component (load_options.py)
     folder = architecture_folder("sd2-depth" if config is None else config)
     path = Path(path)
     checkpoint = read_checkpoint(path)
@@ -155,10 +155,12 @@ def load_single_file(
 
     built = dict(components)
     loaders = {
-        "unet": lambda: _load_unet(folder, checkpoint, path, dtype),
-        "vae": lambda: _load_vae(folder, checkpoint, path, dtype),
-        "text_encoder": lambda: _load_text_encoder(folder, checkpoint, path, dtype),
-        "depth_estimator": lambda: _load_depth_estimator(folder, checkpoint, path, dtype),
+        "unet": lambda: _load_unet(folder, checkpoint, path, dtypes.for_component("unet")),
+        "vae": lambda: _load_vae(folder, checkpoint, path, dtypes.for_component("vae")),
+        "text_encoder": lambda: _load_text_encoder(folder, checkpoint, path, dtypes.for_component("text_encoder")),
+        "depth_estimator": lambda: _load_depth_estimator(
+            folder, checkpoint, path, dtypes.for_component("depth_estimator")
+        ),
         "tokenizer": lambda: _load_tokenizer(folder),
         "scheduler": lambda: _load_scheduler(folder),
         "feature_extractor": lambda: _load_feature_extractor(folder),
