@@ -142,9 +142,8 @@ def test_one_helper_adds_the_flags_to_any_parser():
 
 # ---------------------------------------------------------------------------------------------- --vae
 def test_generate_with_vae_path_decodes_with_that_vae(capsys, photos, tmp_path):
-    from depth2img.loading.random_taesd import write_random_taesd
-
-    folder = write_random_taesd(tmp_path / "taesd", config="taesd-tiny")
+    (folder,), err = run(capsys, "random-model", "--config", "taesd-tiny", tmp_path / "taesd")
+    assert "RANDOM-WEIGHTS TAESD" in err and (folder / "diffusion_pytorch_model.safetensors").is_file()
     base = ["generate", "-m", tiny_folder(), *FAST, "-i", photos[0], "-p", "a house", "-s", "5"]
     (default,), _ = run(capsys, *base, "-o", tmp_path / "default.png")
     (tiny,), _ = run(capsys, *base, "--vae", folder, "-o", tmp_path / "taesd.png")

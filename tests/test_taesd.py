@@ -199,3 +199,18 @@ def test_preview_vae_follows_the_pipeline_to_a_dtype():
     assert pipe.preview_vae.dtype == torch.bfloat16
     preview = pipe.decode_preview(torch.zeros(1, 4, 12, 20), output_type="np")
     assert preview.dtype == np.float32 and preview.shape == (1, 24, 40, 3)
+
+
+def test_write_random_taesd_refuses_a_non_empty_folder_unless_told(tmp_path):
+    from depth2img.loading.random_taesd import write_random_taesd
+
+    (tmp_path / "taesd").mkdir()
+    (tmp_path / "taesd" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not empty; pass overwrite=True"):
+        write_random_taesd(tmp_path / "taesd", config="taesd-tiny")
+    assert (tmp_path / "taesd" / "keep.txt").read_text() == "mine"
+    write_random_taesd(tmp_path / "taesd", config="taesd-tiny", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "taesd").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]

@@ -9,6 +9,8 @@ parameters with the same layout (both configs ship in ``configs/``); ``write_ran
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 
 from ..configuration import load_json
 from .empty_init import parameters_on_meta
-from .random_model import init_random_
+from .random_model import _swap_in, init_random_
 
 __all__ = ["TAESD_CONFIGS", "random_taesd", "write_random_taesd"]
 
@@ -48,6 +50,21 @@ def random_taesd(config: str | os.PathLike = "taesd", seed: int = 0, dtype: torc
     return model.eval()
 
 
-def write_random_taesd(folder: str | os.PathLike, config: str | os.PathLike = "taesd", seed: int = 0) -> Path:
-    """Save a random TAESD into ``folder`` (config.json + diffusion_pytorch_model.safetensors); returns it."""
-    return random_taesd(config, seed=seed).save_pretrained(folder)
+def write_random_taesd(
+    folder: str | os.PathLike, config: str | os.PathLike = "taesd", seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Save a random TAESD into ``folder`` (config.json + diffusion_pytorch_model.safetensors); returns it. The
+    folder appears complete or not at all; an existing non-empty one is replaced only with ``overwrite``."""
+    out_dir = Path(folder)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists and is not empty; pass overwrite=True or a new folder")
+    model = random_taesd(config, seed=seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
