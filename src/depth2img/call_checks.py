@@ -13,10 +13,22 @@ import numpy as np
 import torch
 
 from .depth import depth_map_to_tensor
-from .images import LATENT_CHANNELS, OUTPUT_TYPES, ImageBatch, describe_images
+from .errors import as_user_errors
+from .images import LATENT_CHANNELS, OUTPUT_TYPES, ImageBatch, check_image_values, describe_images
 from .text import check_clip_skip, negative_texts, prompt_batch_size
 
-__all__ = ["CALLBACK_TENSOR_INPUTS", "CallPlan", "check_call"]
+__all__ = [
+    "CALLBACK_TENSOR_INPUTS",
+    "DEPTH_ASPECT_TOLERANCE",
+    "MAX_GUIDANCE_SCALE",
+    "CallPlan",
+    "DepthAspectWarning",
+    "check_call",
+    "check_depth_aspect",
+    "check_finite_numbers",
+    "check_steps_and_strength",
+    "depth_aspect_mismatch",
+]
 
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
 
@@ -37,6 +49,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+@as_user_errors  # a ValueError/TypeError raised here is the user's mistake: UserInputError/UserTypeError
 def check_call(
     pipe: Any,
     prompt: Any,
@@ -61,21 +74,9 @@ def check_call(
 ) -> CallPlan:
     """Check every argument of ``pipe(...)``, raising one clear error before any model runs; returns what was
     derived on the way (batch sizes, the described images, the user's depth maps, the latent size)."""
-    if not _is_number(strength) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0.0, 1.0], got {strength!r}")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise TypeError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
+    check_finite_numbers(strength=strength, guidance_scale=guidance_scale, eta=eta)
     train_steps = getattr(getattr(pipe.scheduler, "config", None), "num_train_timesteps", None)
-    if num_inference_steps < 1 or (train_steps is not None and num_inference_steps > train_steps):
-        raise ValueError(
-            f"num_inference_steps must be between 1 and {train_steps or 'the training steps'}, "
-            f"got {num_inference_steps}"
-        )
-    if int(num_inference_steps * strength) < 1:
-        raise ValueError(
-            f"num_inference_steps x strength must be at least 1 for any denoising to happen, got "
-            f"{num_inference_steps} x {strength} = {num_inference_steps * strength:g}; increase one of them"
-        )
+    check_steps_and_strength(num_inference_steps, strength, train_steps)
     if not _is_number(guidance_scale):
         raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
     if not _is_number(eta):
@@ -95,8 +96,13 @@ def check_call(
     batch_size = _check_prompts(pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale)
     total = batch_size * int(num_images_per_prompt)
 
+    _check_embeddings_fit(pipe, prompt_embeds, negative_prompt_embeds, guidance_scale)
+    _check_cross_attention_scale(cross_attention_kwargs)
     images = describe_images(image)
+    check_image_values(images)
+    _check_depth_layout(depth_map)
     depth = _check_images_and_depth(pipe, images, depth_map, batch_size, total)
+    _warn_on_depth_aspect(pipe, images, depth)
     if isinstance(generator, list):
         if len(generator) != total:
             raise ValueError(
@@ -209,3 +215,142 @@ def _check_images_and_depth(
     if not bool(torch.isfinite(depth.float()).all()):
         raise ValueError("depth_map contains NaN or infinite values")
     return depth
+
+
+# ---------------------------------------------------------------------------------------------- shared checks
+# Small functions, callable without a pipeline, so the command line (and the web app, batch jobs) run the very
+# same checks before any model is loaded, and say the same sentences.
+
+MAX_GUIDANCE_SCALE = 100.0  # A1111 stops at 30; far beyond, guidance overflows float16 into NaN images
+DEPTH_ASPECT_TOLERANCE = 0.10  # a depth map may differ from its image's aspect ratio by 10% before we say so
+
+
+class DepthAspectWarning(UserWarning):
+    """A depth map whose aspect ratio differs from its image's: it is stretched to the image, distorting depth."""
+
+
+def check_finite_numbers(**numbers: Any) -> None:
+    """Every given number must be finite (NaN and infinities are refused); non-numbers are left to the type
+    checks. ``guidance_scale`` must also be at most ``MAX_GUIDANCE_SCALE`` and ``eta`` within [0, 1] (an eta
+    above 1 asks DDIM for a negative variance, which gives NaN images)."""
+    for name, value in numbers.items():
+        if _is_number(value) and not np.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    guidance = numbers.get("guidance_scale")
+    if _is_number(guidance) and guidance > MAX_GUIDANCE_SCALE:
+        raise ValueError(
+            f"guidance_scale must be at most {MAX_GUIDANCE_SCALE:g} (7.5 is usual; 1 or less turns guidance off), "
+            f"got {guidance!r}"
+        )
+    eta = numbers.get("eta")
+    if _is_number(eta) and not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0.0, 1.0] (DDIM's noise: 0 none, 1 as DDPM), got {eta!r}")
+
+
+def check_steps_and_strength(num_inference_steps: Any, strength: Any, train_steps: int | None) -> None:
+    """``strength`` in [0, 1], ``num_inference_steps`` an integer in [1, ``train_steps``] (the scheduler's training
+    steps, 1000 for SD2; None: no upper bound known), and at least one denoising step between them."""
+    if not _is_number(strength) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0.0, 1.0], got {strength!r}")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+        raise TypeError(f"num_inference_steps must be an integer, got {num_inference_steps!r}")
+    if num_inference_steps < 1 or (train_steps is not None and num_inference_steps > train_steps):
+        raise ValueError(
+            f"num_inference_steps must be between 1 and {train_steps or 'the training steps'}, "
+            f"got {num_inference_steps}"
+        )
+    if int(num_inference_steps * strength) < 1:
+        raise ValueError(
+            f"num_inference_steps x strength must be at least 1 for any denoising to happen, got "
+            f"{num_inference_steps} x {strength} = {num_inference_steps * strength:g}; increase one of them"
+        )
+
+
+def depth_aspect_mismatch(depth_size: tuple[int, int], image_size: tuple[int, int]) -> str | None:
+    """A sentence when a depth map of ``depth_size`` = (height, width) differs from an image of ``image_size``
+    = (height, width) in aspect ratio by more than ``DEPTH_ASPECT_TOLERANCE``, else None."""
+    depth_aspect = depth_size[1] / depth_size[0]
+    image_aspect = image_size[1] / image_size[0]
+    if max(depth_aspect, image_aspect) / min(depth_aspect, image_aspect) <= 1 + DEPTH_ASPECT_TOLERANCE:
+        return None
+    return (
+        f"the depth map is {depth_size[1]}x{depth_size[0]} (aspect {depth_aspect:.3g}) but the image is "
+        f"{image_size[1]}x{image_size[0]} (aspect {image_aspect:.3g}); depth maps are stretched to the image, so "
+        f"their aspect ratios may differ by at most {DEPTH_ASPECT_TOLERANCE:.0%}; resize or crop the depth map to "
+        "the image"
+    )
+
+
+def check_depth_aspect(depth_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+    """Raise ``ValueError`` with :func:`depth_aspect_mismatch`'s sentence (the command line's --depth-map)."""
+    message = depth_aspect_mismatch(depth_size, image_size)
+    if message:
+        raise ValueError(message)
+
+
+def _warn_on_depth_aspect(pipe: Any, images: ImageBatch, depth: torch.Tensor | None) -> None:
+    """The API warns (``DepthAspectWarning``) rather than refusing: a map at the depth estimator's own input
+    size (square for SD2's DPT) is what the pipeline makes itself and is not warned about."""
+    if depth is None:
+        return
+    depth_size = tuple(depth.shape[-2:])
+    output_size = getattr(pipe.feature_extractor, "output_size", None)
+    if callable(output_size) and depth_size == tuple(output_size(images.height, images.width)):
+        return
+    message = depth_aspect_mismatch(depth_size, (images.height, images.width))
+    if message:
+        import warnings
+
+        warnings.warn(message, DepthAspectWarning, stacklevel=4)
+
+
+def _check_depth_layout(depth_map: Any) -> None:
+    """A 3-D depth map whose last axis is 1, 3 or 4 and smaller than the others is an (H, W, C) image, not
+    a batch of very narrow maps: say so instead of counting its rows as maps."""
+    for entry in depth_map if isinstance(depth_map, (list, tuple)) else [depth_map]:
+        shape = tuple(getattr(entry, "shape", ()))
+        if len(shape) == 3 and shape[2] in (1, 3, 4) and shape[2] < min(shape[0], shape[1]):
+            raise ValueError(
+                f"depth_map of shape {shape} looks like an (H, W, {shape[2]}) image with channels last; depth maps "
+                "have one channel: pass (H, W), (B, H, W) or (B, 1, H, W), e.g. depth[..., 0]"
+            )
+
+
+def _check_embeddings_fit(pipe: Any, prompt_embeds: Any, negative_prompt_embeds: Any, guidance_scale: Any) -> None:
+    """Embeddings must be float, non-empty, finite, as wide as the UNet's cross-attention (the text encoder's
+    hidden size), and no longer than the text encoder can match with a negative prompt it encodes itself."""
+    unet_config = getattr(pipe.unet, "config", None)
+    encoder_config = getattr(pipe.text_encoder, "config", None)
+    width = getattr(unet_config, "cross_attention_dim", None) or getattr(encoder_config, "hidden_size", None)
+    for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+        if embeds is None:
+            continue
+        shape = tuple(embeds.shape)
+        if not embeds.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {embeds.dtype}")
+        if min(shape) < 1:
+            raise ValueError(f"{name} is empty (shape {shape}); pass a (batch, tokens, width) tensor")
+        if isinstance(width, int) and shape[2] != width:
+            raise ValueError(
+                f"{name} has width {shape[2]} (shape {shape}), but this model's text encoder makes {width}-wide "
+                f"embeddings; pass a (batch, tokens, {width}) tensor"
+            )
+        if not bool(torch.isfinite(embeds).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+    max_tokens = getattr(encoder_config, "max_position_embeddings", None)
+    encodes_negative = pipe.text_encoder is not None and negative_prompt_embeds is None
+    guided = _is_number(guidance_scale) and guidance_scale > 1
+    too_long = prompt_embeds is not None and isinstance(max_tokens, int) and prompt_embeds.shape[1] > max_tokens
+    if too_long and encodes_negative and guided:
+        raise ValueError(
+            f"prompt_embeds has {prompt_embeds.shape[1]} tokens, but the text encoder can encode at most "
+            f"{max_tokens} for the negative prompt; pass negative_prompt_embeds of the same shape too"
+        )
+
+
+def _check_cross_attention_scale(cross_attention_kwargs: Any) -> None:
+    if isinstance(cross_attention_kwargs, dict) and "scale" in cross_attention_kwargs:
+        scale = cross_attention_kwargs["scale"]
+        if not _is_number(scale):
+            raise TypeError(f"cross_attention_kwargs['scale'] must be a number (the LoRA scale), got {scale!r}")
+        check_finite_numbers(**{"cross_attention_kwargs['scale']": scale})

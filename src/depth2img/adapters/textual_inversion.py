@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -195,14 +194,9 @@ def _read_file(path: Path) -> Mapping[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as error:  # torch raises several unrelated types for unreadable or unsafe pickles
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) (only tensors and plain containers are "
-            f"unpickled, for safety): {reason}"
-        ) from None
+    from ..loading.torch_files import safe_torch_load
+
+    loaded = safe_torch_load(path, "textual-inversion embedding")
     if isinstance(loaded, torch.Tensor):
         return {"": loaded}
     if not isinstance(loaded, Mapping):

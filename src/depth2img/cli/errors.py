@@ -6,19 +6,25 @@ import argparse
 import sys
 from typing import NoReturn
 
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Depth2ImgError
+
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "CliArgumentParser", "CliError", "warn"]
 
-EXIT_FAILURE = 1  # the run itself failed: a model that cannot be loaded, a file that cannot be written
-EXIT_USAGE = 2  # invalid arguments or input files, found before any model is loaded (argparse uses 2 too)
-EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
 
+class CliError(Depth2ImgError):
+    """A failure the user can act on: ``message`` is printed as ``depth2img: error: <message>``.
 
-class CliError(Exception):
-    """A failure the user can act on: ``message`` is printed as ``depth2img: error: <message>``."""
+    A command-line-only error (a flag combination, a missing prompt); the library's own errors
+    (``depth2img.errors``) are reported by ``main`` the same way, with their class's exit status.
+    """
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        return self.exit_code
 
 
 class CliArgumentParser(argparse.ArgumentParser):

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..errors import InputFileError
 from ..utils.files import atomic_path, atomic_write_text
 
 __all__ = [
@@ -64,8 +64,8 @@ _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)", re.IGNORECASE)
 _READ_CHUNK_BYTES = 16 << 20  # working set of a converting read: bounded, and large enough for fast reads
 
 
-class InvalidWeightsError(ValueError):
-    """A weights file that cannot be read, or whose tensors do not fit the model."""
+class InvalidWeightsError(InputFileError):
+    """A weights file that cannot be read, or whose tensors do not fit the model (a ``ValueError``)."""
 
 
 def variant_name(file_name: str, variant: str | None) -> str:
@@ -213,15 +213,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        # mmap avoids a second copy; only zip archives (torch.save since 1.6) support it.
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as error:  # torch raises several unrelated types (UnpicklingError, RuntimeError, EOFError...)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidWeightsError(
-            f"{path} could not be read as a PyTorch weights file with weights_only=True (nothing but tensors is "
-            f"unpickled, for safety): {reason}"
-        ) from None
+    from .torch_files import safe_torch_load
+
+    loaded = safe_torch_load(path, "PyTorch weights file")
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise InvalidWeightsError(f"{path} does not hold a flat mapping of names to tensors")
     return dict(loaded)
