@@ -29,7 +29,9 @@ __all__ = [
     "describe_images",
     "images_to_tensor",
     "numpy_to_pil",
+    "MAX_PIXELS",
     "check_image_values",
+    "check_pixel_count",
     "postprocess",
     "to_rgb",
     "to_uint8_images",
@@ -40,6 +42,10 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 LATENT_CHANNELS = 4  # a torch image with this many channels is taken to be VAE latents
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # PIL's 16-bit grayscale modes (16-bit PNG, TIFF)
 FLOAT_TOLERANCE = 1e-3  # float pixels may overshoot [-1, 1] by rounding this much (e.g. after a resize)
+# The largest image (width x height) accepted, from a file or in memory: 8192x8192. Larger ones are refused before
+# anything is decoded (a small file can declare a huge size: a decompression bomb). Set it to change the default;
+# the command line's --max-pixels overrides it per run.
+MAX_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -189,9 +195,21 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+def check_pixel_count(width: int, height: int, what: str, limit: int | None = None) -> None:
+    """Refuse an image of ``width`` x ``height`` above ``limit`` pixels (default: the module's ``MAX_PIXELS``);
+    ``what`` names it (a file, or "image") in the sentence."""
+    limit = MAX_PIXELS if limit is None else limit
+    if width * height > limit:
+        raise ValueError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,} "
+            "(depth2img.images.MAX_PIXELS, or --max-pixels on the command line); resize it, or raise the limit"
+        )
+
+
 def check_image_values(batch: ImageBatch) -> None:
     """Numpy and torch pixels must be uint8, or floats that are finite and in [0, 1] (or [-1, 1]); latents
     must be finite. Raises one sentence naming what was found; PIL images are always valid."""
+    check_pixel_count(batch.width, batch.height, "image")
     if batch.kind == "pil":
         for item in batch.items:
             if item.mode in SIXTEEN_BIT_MODES or item.mode in ("I", "F"):

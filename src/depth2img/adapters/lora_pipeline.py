@@ -29,7 +29,7 @@ from . import lora_model
 from .files import read_safetensors_metadata, resolve_adapter_file
 from .lora_keys import convert_lora_state_dict, lora_weights_to_peft_state_dict
 
-__all__ = ["LORA_WEIGHT_NAME", "LORA_WEIGHT_NAME_SAFE", "LoraLoaderMixin", "read_lora_file"]
+__all__ = ["LORA_WEIGHT_NAME", "LORA_WEIGHT_NAME_SAFE", "LoraLoaderMixin", "fitting_lora_weights", "read_lora_file"]
 
 LORA_WEIGHT_NAME_SAFE = "pytorch_lora_weights.safetensors"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.bin"
@@ -48,8 +48,31 @@ def read_lora_file(
     path = resolve_adapter_file(
         path_or_dict, weight_name, (LORA_WEIGHT_NAME_SAFE, LORA_WEIGHT_NAME), "LoRA", **hub_kwargs
     )
-    metadata = read_safetensors_metadata(path) if path.suffix == ".safetensors" else None
-    return read_state_dict(path), metadata
+    state_dict = read_state_dict(path)  # first: a damaged file gets read_state_dict's sentence naming it
+    return state_dict, read_safetensors_metadata(path) if path.suffix == ".safetensors" else None
+
+
+def fitting_lora_weights(
+    path_or_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+    models: Mapping[str, nn.Module],
+    weight_name: str | None = None,
+    **hub_kwargs: Any,
+) -> dict[str, Any]:
+    """A LoRA's weights per component (``unet``, ``text_encoder``), checked to fit ``models`` without changing
+    them; raises ``ValueError`` naming the first layer that does not fit. ``models`` may live on the meta device
+    (built from their configs alone), so a LoRA is checked before any weights are loaded."""
+    state_dict, metadata = read_lora_file(path_or_dict, weight_name, **hub_kwargs)
+    per_component = convert_lora_state_dict(
+        state_dict, {c: lora_model.lora_target_names(m) for c, m in models.items()}, metadata
+    )
+    if not per_component:
+        raise ValueError("the LoRA holds no weights for the unet or the text_encoder")
+    missing = sorted(set(per_component) - set(models))
+    if missing:
+        raise ValueError(f"the LoRA has weights for {missing}, which this pipeline does not have")
+    for component, weights in per_component.items():  # validate everything before changing anything
+        lora_model.check_adapter(models[component], weights, component)
+    return per_component
 
 
 class LoraLoaderMixin:
@@ -84,18 +107,8 @@ class LoraLoaderMixin:
         if unknown:
             raise TypeError(f"load_lora_weights() got unexpected arguments {unknown}; allowed: {list(_HUB_KWARGS)}")
         adapter_name = self._new_adapter_name(adapter_name)
-        state_dict, metadata = read_lora_file(pretrained_model_name_or_path_or_dict, weight_name, **kwargs)
         models = self._lora_models()
-        per_component = convert_lora_state_dict(
-            state_dict, {c: lora_model.lora_target_names(m) for c, m in models.items()}, metadata
-        )
-        if not per_component:
-            raise ValueError("the LoRA holds no weights for the unet or the text_encoder")
-        missing = sorted(set(per_component) - set(models))
-        if missing:
-            raise ValueError(f"the LoRA has weights for {missing}, which this pipeline does not have")
-        for component, weights in per_component.items():  # validate everything before changing anything
-            lora_model.check_adapter(models[component], weights, component)
+        per_component = fitting_lora_weights(pretrained_model_name_or_path_or_dict, models, weight_name, **kwargs)
         for component, weights in per_component.items():
             lora_model.add_adapter(models[component], adapter_name, weights)
 

@@ -8,7 +8,9 @@ pickle at all (a text file passed as an embedding) are recognised by their first
 
 from __future__ import annotations
 
+import io
 import os
+import pickletools
 import re
 import zipfile
 from pathlib import Path
@@ -18,11 +20,23 @@ import torch
 
 from ..errors import InputFileError, UnsafeFileError
 
-__all__ = ["looks_like_torch_file", "safe_torch_load"]
+__all__ = ["InvalidWeightsError", "UnsafeWeightsError", "looks_like_torch_file", "pickle_globals", "safe_torch_load"]
+
+
+class InvalidWeightsError(InputFileError):
+    """A weights file that cannot be read, or whose tensors do not fit the model (a ``ValueError``)."""
+
+
+class UnsafeWeightsError(InvalidWeightsError, UnsafeFileError):
+    """A weights file refused because its pickle asks for code (a global that is not a tensor type)."""
+
 
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"  # every torch.save since 2017 (legacy non-zip files) starts a pickle with PROTO
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format since PyTorch 1.6
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_PICKLE_READ_LIMIT = 64 << 20  # bytes of a pickle scanned for globals: a zip bomb's data.pkl stops here
+# Modules whose globals torch.load(weights_only=True) may accept: tensor rebuilders, OrderedDict, dtypes.
+_TENSOR_MODULES = ("torch", "collections", "_codecs", "builtins", "numpy")
 
 
 def looks_like_torch_file(path: str | os.PathLike) -> bool:
@@ -41,23 +55,77 @@ def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch file") -> Any:
     """
     path = Path(path)
     if not looks_like_torch_file(path):
-        raise InputFileError(
+        raise InvalidWeightsError(
             f"{path} is not a {what}: it is neither a torch.save file (.pt/.ckpt/.bin, a zip archive or a pickle) "
             "nor safetensors"
         )
     zipped = zipfile.is_zipfile(path)
     try:
-        with path.open("rb") as handle:  # a file object: torch would treat a ".safetensors" name specially
-            return torch.load(handle if not zipped else path, map_location="cpu", weights_only=True, mmap=zipped)
+        mmap = zipped and not path.name.endswith(".safetensors")  # torch hands such a name to safetensors
+        if mmap:  # memory-mapped: no second copy of the weights
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with path.open("rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, KeyError...: torch has many
-        refused = _REFUSED_GLOBAL.search(str(error))
-        if refused:
-            raise UnsafeFileError(
-                f"{path} is unsafe: it asks to load the Python global {refused.group(1)!r}, which can run code, so "
-                f"depth2img refuses it (only tensors are read from pickles); use a .safetensors version of this "
-                f"{what} from a source you trust"
-            ) from None
-        raise InputFileError(f"{path} is a damaged or unsupported {what} ({_first_line(error)})") from None
+        reason = _refusal_reason(error)
+    code = [name for name in _safe_globals(path) if not name.startswith(_TENSOR_MODULES)]
+    refused = _REFUSED_GLOBAL.search(reason)
+    if code or refused:
+        name = code[0] if code else refused.group(1)
+        raise UnsafeWeightsError(
+            f"{path} is unsafe: it asks to load the Python global {name!r}, which can run code, so depth2img "
+            f"refuses it (torch.load(weights_only=True) reads tensors only); use a .safetensors version of this "
+            f"{what} from a source you trust"
+        )
+    raise InvalidWeightsError(f"{path} is a damaged or unsupported {what} ({reason})")
+
+
+def pickle_globals(data: bytes) -> list[str]:
+    """The ``module.name`` of every global a pickle asks for (GLOBAL and STACK_GLOBAL opcodes), without
+    unpickling anything; a damaged pickle gives the globals found before the damage."""
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, argument, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name == "GLOBAL":
+                found.append(str(argument).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(argument, str):
+                strings.append(argument)
+    except Exception:  # noqa: BLE001 - truncated or not a pickle: what was found so far is the answer
+        pass
+    return found
+
+
+def _safe_globals(path: Path) -> list[str]:
+    """Globals named by the pickle in ``path`` (a raw pickle, or a torch zip's ``data.pkl``), read with a limit."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return []
+                with archive.open(names[0]) as member:
+                    return pickle_globals(member.read(_PICKLE_READ_LIMIT))
+        with path.open("rb") as handle:
+            return pickle_globals(handle.read(_PICKLE_READ_LIMIT))
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+        return []
+
+
+def _refusal_reason(error: BaseException) -> str:
+    """What torch objected to, without its advice to load with weights_only=False (never safe for such a file)."""
+    text = str(error)
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return f"unsupported global {refused.group(1)}"
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].strip()
+        return f"the weights-only unpickler cannot read it: {detail}"
+    if "Weights only load failed" in text:
+        return "the weights-only unpickler cannot read it"
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

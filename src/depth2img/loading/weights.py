@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputFileError
 from ..utils.files import atomic_path, atomic_write_text
+from .torch_files import InvalidWeightsError
 
 __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
@@ -62,10 +62,6 @@ _SIZE_UNITS = {
 }  # fmt: skip
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)", re.IGNORECASE)
 _READ_CHUNK_BYTES = 16 << 20  # working set of a converting read: bounded, and large enough for fast reads
-
-
-class InvalidWeightsError(InputFileError):
-    """A weights file that cannot be read, or whose tensors do not fit the model (a ``ValueError``)."""
 
 
 def variant_name(file_name: str, variant: str | None) -> str:
