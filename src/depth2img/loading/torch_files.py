@@ -35,8 +35,8 @@ _PICKLE_PROTOCOL_2_PLUS = b"\x80"  # every torch.save since 2017 (legacy non-zip
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format since PyTorch 1.6
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _PICKLE_READ_LIMIT = 64 << 20  # bytes of a pickle scanned for globals: a zip bomb's data.pkl stops here
-# Modules whose globals torch.load(weights_only=True) may accept: tensor rebuilders, OrderedDict, dtypes.
-_TENSOR_MODULES = ("torch", "collections", "_codecs", "builtins", "numpy")
+# Globals torch.load(weights_only=True) accepts in ordinary checkpoints: tensor rebuilders, dtypes, OrderedDict.
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset")
 
 
 def looks_like_torch_file(path: str | os.PathLike) -> bool:
@@ -67,9 +67,8 @@ def safe_torch_load(path: str | os.PathLike, what: str = "PyTorch file") -> Any:
         with path.open("rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError, EOFError, KeyError...: torch has many
-        reason = _refusal_reason(error)
-    code = [name for name in _safe_globals(path) if not name.startswith(_TENSOR_MODULES)]
-    refused = _REFUSED_GLOBAL.search(reason)
+        reason, refused = _refusal_reason(error), _REFUSED_GLOBAL.search(str(error))
+    code = [name for name in _safe_globals(path) if not name.startswith(_TENSOR_GLOBALS)]
     if code or refused:
         name = code[0] if code else refused.group(1)
         raise UnsafeWeightsError(
@@ -85,15 +84,17 @@ def pickle_globals(data: bytes) -> list[str]:
     unpickling anything; a damaged pickle gives the globals found before the damage."""
     found: list[str] = []
     strings: list[str] = []
+    stream = io.BytesIO(data)
     try:
-        for opcode, argument, _ in pickletools.genops(io.BytesIO(data)):
-            if opcode.name == "GLOBAL":
-                found.append(str(argument).replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-            elif isinstance(argument, str):
-                strings.append(argument)
-    except Exception:  # noqa: BLE001 - truncated or not a pickle: what was found so far is the answer
+        while stream.tell() < len(data):  # legacy torch.save files hold several pickles in a row
+            for opcode, argument, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    found.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(argument, str):
+                    strings.append(argument)
+    except Exception:  # noqa: BLE001 - truncated, or raw tensor bytes after the pickles: what was found is the answer
         pass
     return found
 
