@@ -144,6 +144,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"to(dtype=...) needs a floating dtype such as torch.float16, got {dtype}")
         from .offload import move_module  # low_memory: a released model only records where to load to
+        from .utils.devices import check_device_available
+
+        check_device_available(device)  # one sentence, not torch's AssertionError from deep inside .to()
 
         for module in self._modules():
             move_module(module, device, dtype)

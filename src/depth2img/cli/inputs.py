@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..images import SIXTEEN_BIT_MODES, check_pixel_count, to_rgb
-from .errors import EXIT_USAGE, CliError
+from .errors import EXIT_USAGE, CliError, warn
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -123,6 +123,13 @@ def load_rgb(path: Path, width: int | None = None, height: int | None = None) ->
     if size is not None and image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image
+
+
+def announce_size_rounding(width: int | None, height: int | None) -> None:
+    """Say in one line when ``-W``/``-H`` is not a multiple of 8, and which size is used instead."""
+    for flag, value in (("--width", width), ("--height", height)):
+        if value is not None and value % 8:
+            warn(f"{flag} {value} is not a multiple of 8 (the VAE works in 8-pixel blocks); using {value // 8 * 8}")
 
 
 def target_size(original: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int] | None:

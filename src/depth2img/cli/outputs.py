@@ -14,6 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..utils.files import remove_stale_temp_files
 from .errors import CliError
 
 __all__ = ["OutputNamer", "ensure_writable_folder"]
@@ -52,17 +53,39 @@ class OutputNamer:
             raise CliError(f"--output: fields like {{seed}} belong in the file name, not the folder: {output!r}")
 
     def prepare(self) -> None:
-        """Create the folder, check it is writable, and find the first free number (folder mode)."""
+        """Create the folder, check it is writable, remove our stale temporary files from it (see
+        ``depth2img.utils.files.remove_stale_temp_files``), and find the first free number (folder mode)."""
+        self._created = _missing_folders(self.folder)
         ensure_writable_folder(self.folder)
+        remove_stale_temp_files(self.folder)
         if not self.is_pattern:
             numbers = [int(m.group(1)) for p in self.folder.iterdir() if (m := _NUMBERED.match(p.name))]
             self._first_number = max(numbers, default=-1) + 1
+
+    def discard_if_unused(self) -> None:
+        """Remove the folders ``prepare`` created if they are still empty: a run that failed before writing
+        anything (a model that could not be downloaded) leaves no empty output folder behind."""
+        for folder in reversed(getattr(self, "_created", [])):  # deepest first
+            try:
+                folder.rmdir()  # only succeeds on an empty folder
+            except OSError:
+                return
 
     def path_for(self, index: int, seed: int, image: Path, prompt: str) -> Path:
         """The file for image ``index`` of the run."""
         if not self.is_pattern:
             return self.folder / f"{self._first_number + index:05d}-{seed}.png"
         return self.folder / self.pattern.format(index=index, seed=seed, stem=image.stem, prompt=_slug(prompt))
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    return missing[::-1]
 
 
 def _slug(text: str, limit: int = 48) -> str:

@@ -14,12 +14,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import ModelUnavailableError
+
 __all__ = ["ModelFilesNotFoundError", "download_hint", "hub_offline", "is_local_folder", "resolve_folder"]
 
 _TRUE = ("1", "true", "yes", "on")
 
 
-class ModelFilesNotFoundError(FileNotFoundError):
+class ModelFilesNotFoundError(ModelUnavailableError):
     """The requested model files are neither in a local folder nor obtainable from the Hub right now."""
 
 
@@ -40,7 +42,8 @@ def download_hint(repo_id: str) -> str:
     """The sentence that tells a user how to make ``repo_id`` available offline."""
     return (
         f"download it while online with `hf download {repo_id}` (older huggingface_hub: "
-        f"`huggingface-cli download {repo_id}`), or pass the path of a local folder in the diffusers layout"
+        f"`huggingface-cli download {repo_id}`), or pass the path of a local folder in the diffusers layout; to "
+        "try depth2img offline, make a random-weights model with `depth2img random-model DIR` and pass `-m DIR`"
     )
 
 
