@@ -40,6 +40,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--no-preview", action="store_true", help="skip the colour preview")
     parser.add_argument("-W", "--width", type=argtypes.int_at_least(8), help="resize inputs to this width first")
     parser.add_argument("-H", "--height", type=argtypes.int_at_least(8), help="resize inputs to this height first")
+    parser.add_argument(
+        "--max-pixels", type=argtypes.int_at_least(64), metavar="N",
+        help="refuse input images larger than N pixels, read from their headers (default: 8192x8192)",
+    )  # fmt: skip
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model holding the estimator ({DEFAULT_MODEL})")
     parser.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
@@ -66,11 +70,12 @@ def _output_stems(output: str | None, images: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Check the inputs, load the estimator, write the maps."""
     from .devices import resolve_device, resolve_dtype
-    from .inputs import collect_images
+    from .inputs import announce_size_rounding, collect_images
     from .outputs import ensure_writable_folder
     from .pipeline_setup import check_model
 
-    images = collect_images(args.images)
+    images = collect_images(args.images, max_pixels=args.max_pixels)
+    announce_size_rounding(args.width, args.height)
     stems = _output_stems(args.output, images)
     for folder in {stem.parent for stem in stems}:
         ensure_writable_folder(folder)

@@ -104,7 +104,7 @@ def check_adapters_fit(
 
                 read_lora_file(path)
         except (Depth2ImgError, ValueError, KeyError) as error:
-            raise CliError(f"--lora: {path}: {_first_line(error)}") from None
+            raise CliError(_about("--lora", path, error)) from None
     width = (component_config(source, "text_encoder") or {}).get("hidden_size")
     for path, token in embeddings:
         from ..adapters.textual_inversion import embedding_matrix, read_embedding_file
@@ -114,7 +114,7 @@ def check_adapters_fit(
             if isinstance(width, int):
                 embedding_matrix(token or stored or Path(path).stem, embedding, width)
         except (Depth2ImgError, ValueError, KeyError) as error:
-            raise CliError(f"--embedding: {path}: {_first_line(error)}") from None
+            raise CliError(_about("--embedding", path, error)) from None
 
 
 def _meta_models(source: ModelSource) -> dict[str, Any]:
@@ -135,6 +135,12 @@ def _meta_models(source: ModelSource) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - a config we cannot build from: the load will say why
         return {}
     return {"unet": unet, "text_encoder": text_encoder}
+
+
+def _about(flag: str, path: str, error: BaseException) -> str:
+    """``flag: path: reason``, without naming the path twice when the reason already does."""
+    reason = _first_line(error)
+    return f"{flag}: {reason}" if str(path) in reason else f"{flag}: {path}: {reason}"
 
 
 def _first_line(error: BaseException) -> str:
