@@ -218,9 +218,9 @@ def test_a_full_disk_is_one_sentence_naming_the_output_and_leaves_nothing(tmp_pa
 
     monkeypatch.setattr(os, "replace", no_space)
     target = tmp_path / "out.png"
-    with pytest.raises(OutputWriteError, match=f"cannot write {target}: no space left on the device") as raised:
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"x")
+    expected = f"cannot write {target}: no space left on the device"
+    with pytest.raises(OutputWriteError, match=expected) as raised, atomic_path(target) as tmp:
+        tmp.write_bytes(b"x")
     assert raised.value.errno == errno.ENOSPC and isinstance(raised.value, OSError)
     assert list(tmp_path.iterdir()) == []
 

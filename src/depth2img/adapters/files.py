@@ -59,7 +59,7 @@ def resolve_adapter_file(
         path = path / hub_kwargs["subfolder"]
     if weight_name:
         if not (path / weight_name).is_file():
-            raise FileNotFoundError(f"{what} file {weight_name!r} not found in {path}")
+            raise MissingFileError(f"{what} file {weight_name!r} not found in {path}")
         return path / weight_name
     for name in default_names:
         if (path / name).is_file():
@@ -68,7 +68,7 @@ def resolve_adapter_file(
     if len(candidates) == 1:
         return candidates[0]
     found = ", ".join(p.name for p in candidates) or "none"
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no {what} file in {path}: looked for {', '.join(default_names)} (.safetensors files there: {found}); "
         "pass weight_name='<file name>'"
     )

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import as_user_errors
 from . import lora_model
 from .files import read_safetensors_metadata, resolve_adapter_file
 from .lora_keys import convert_lora_state_dict, lora_weights_to_peft_state_dict
@@ -52,6 +53,7 @@ def read_lora_file(
     return state_dict, read_safetensors_metadata(path) if path.suffix == ".safetensors" else None
 
 
+@as_user_errors  # a LoRA that does not fit is the user's file's problem: InputFileError-like, exit 2
 def fitting_lora_weights(
     path_or_dict: str | os.PathLike | Mapping[str, torch.Tensor],
     models: Mapping[str, nn.Module],

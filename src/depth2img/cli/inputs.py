@@ -67,11 +67,12 @@ def check_image(path: Path, flag: str = "--image", max_pixels: int | None = None
             raise CliError(f"{flag}: {path} is {size[0]}x{size[1]} pixels; images need at least 8 pixels per side")
         try:
             image.load()  # decode it all now: a truncated file fails here, before any model loads
+        except Exception as error:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, EOFError, zlib...
+            raise CliError(f"{flag}: {path} is damaged or truncated ({_reason(error)})") from None
+        try:
             to_rgb(image)  # 16-bit and float images: their values must fit their mode's range
         except ValueError as error:
             raise CliError(f"{flag}: {path}: {error}") from None
-        except OSError as error:
-            raise CliError(f"{flag}: {path} is damaged or truncated ({_reason(error)})") from None
     return size
 
 
@@ -96,9 +97,11 @@ def _opened(
             f"{flag}: {path} declares {pixels}, more than the limit of {max_pixels or _default_limit():,} "
             "(--max-pixels); resize it, or raise the limit"
         ) from None
+    except CliError:
+        raise
     except UnidentifiedImageError:
         raise CliError(f"{flag}: {path} is not {expected}") from None
-    except OSError as error:  # unreadable, or (raised while decoding inside the block) truncated or damaged
+    except Exception as error:  # noqa: BLE001 - unreadable, or damaged: PIL raises many types for broken files
         raise CliError(f"{flag}: cannot read {path}: damaged, truncated or unreadable ({_reason(error)})") from None
 
 
@@ -109,7 +112,8 @@ def _default_limit() -> int:
 
 
 def _reason(error: BaseException) -> str:
-    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+    text = getattr(error, "strerror", None) or str(error).strip().splitlines()[0:1]
+    return (text if isinstance(text, str) else " ".join(text)) or type(error).__name__
 
 
 def load_rgb(path: Path, width: int | None = None, height: int | None = None) -> Image.Image:
@@ -175,8 +179,8 @@ def _load_npy(path: Path, flag: str, max_pixels: int | None) -> np.ndarray:
     """A ``.npy`` depth map: header first (memory-mapped, so a lying shape allocates nothing), then the values."""
     try:
         mapped = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as error:
-        raise CliError(f"{flag}: cannot read {path} as a numpy array ({error})") from None
+    except Exception as error:  # noqa: BLE001 - a damaged header: ValueError, OSError, EOFError, SyntaxError...
+        raise CliError(f"{flag}: cannot read {path} as a numpy array ({_reason(error)})") from None
     shape = tuple(d for d in mapped.shape if d != 1)
     if len(shape) != 2 or not (np.issubdtype(mapped.dtype, np.number) or mapped.dtype == np.bool_):
         raise CliError(f"{flag}: {path} holds a {mapped.dtype} array of shape {mapped.shape}; expected (H, W)")
@@ -184,7 +188,10 @@ def _load_npy(path: Path, flag: str, max_pixels: int | None) -> np.ndarray:
         check_pixel_count(shape[1], shape[0], f"{flag}: {path}", max_pixels)
     except ValueError as error:
         raise CliError(str(error)) from None
-    return np.array(mapped).reshape(shape)
+    try:
+        return np.array(mapped).reshape(shape)
+    except Exception as error:  # noqa: BLE001 - the file shrank since, or a dtype that numpy cannot copy
+        raise CliError(f"{flag}: cannot read {path} as a numpy array ({_reason(error)})") from None
 
 
 def file_sha256(path: Path) -> str:
