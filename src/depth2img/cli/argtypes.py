@@ -72,7 +72,7 @@ def lora_spec(text: str) -> tuple[str, float]:
     except argparse.ArgumentTypeError as error:
         if "path" in str(error):
             raise
-        message = f"{text!r}: the scale after ':' must be a finite number, e.g. style.safetensors:0.8"
+        message = f"{text!r}: the scale after ':' must be a number, e.g. style.safetensors:0.8"
         raise argparse.ArgumentTypeError(message) from None
 
 

@@ -71,18 +71,29 @@ def run(args: argparse.Namespace) -> int:
     """Check the inputs, load the estimator, write the maps."""
     from .devices import resolve_device, resolve_dtype
     from .inputs import announce_size_rounding, collect_images
-    from .outputs import ensure_writable_folder
+    from .outputs import ensure_writable_folder, missing_folders, remove_empty_folders
     from .pipeline_setup import check_model
 
     images = collect_images(args.images, max_pixels=args.max_pixels)
     announce_size_rounding(args.width, args.height)
     stems = _output_stems(args.output, images)
-    for folder in {stem.parent for stem in stems}:
-        ensure_writable_folder(folder)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     source = check_model(args.model, args.offline)
+    created = [folder for parent in {stem.parent for stem in stems} for folder in missing_folders(parent)]
+    for folder in {stem.parent for stem in stems}:
+        ensure_writable_folder(folder)
+    try:
+        return _estimate_and_write(args, source, device, dtype, images, stems)
+    except BaseException:
+        remove_empty_folders(sorted(set(created)))  # a failed run leaves no empty output folder behind
+        raise
 
+
+def _estimate_and_write(
+    args: argparse.Namespace, source: Any, device: Any, dtype: Any, images: list[Path], stems: list[Path]
+) -> int:
+    """Load the estimator, then estimate and write each image's maps."""
     from .depthmaps import estimate_depth, resize_depth, write_depth_npy, write_depth_png16, write_preview
     from .inputs import load_rgb
     from .pipeline_setup import load_pipeline
