@@ -96,6 +96,7 @@ def test_decompression_bombs_are_refused_from_the_header_naming_file_and_limit(c
         (["--guidance-scale", "1e9"], "guidance_scale must be at most 100"),
         (["--guidance-scale", "inf"], "is not a finite number"),
         (["--clip-skip", "99"], "--clip-skip: 99 is too large: this model's text encoder has 4 layers, so use 1 to 5"),
+        (["-W", "100000"], "-W/-H: the resized "),
     ],
 )
 def test_numbers_are_checked_against_the_model_before_it_loads(capsys, model, photo, tmp_path, flags, message):

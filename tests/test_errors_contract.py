@@ -112,6 +112,7 @@ def test_lora_scale_must_be_finite(pipe):
         ({"prompt": None, "prompt_embeds": torch.zeros(1, 80, 32)}, "80 tokens.*at most 77"),
         ({"prompt": None, "prompt_embeds": torch.zeros(1, 77, 32, dtype=torch.long)}, "floating-point"),
         ({"clip_skip": 99}, r"clip_skip=99 is too large: .* 4 layers; use 0 to 4"),
+        ({"cross_attention_kwargs": {"foo": 1}}, r"cross_attention_kwargs keys \['foo'\] are not supported"),
         ({"image": PIL.Image.fromarray(np.full((24, 40), 70000, np.int32), mode="I")}, "0..65535"),
     ],
 )
@@ -143,8 +144,9 @@ def test_sixteen_bit_images_are_scaled_by_their_range_not_clipped_white():
 
 
 def test_a_depth_map_of_another_aspect_ratio_is_warned_about(pipe):
-    with pytest.warns(DepthAspectWarning, match=r"10x10 .* 40x24 .* at most 10%"):
+    with pytest.warns(DepthAspectWarning, match=r"10x10 .* 40x24 .* at most 10%") as caught:
         call(pipe, depth_map=np.random.rand(10, 10))
+    assert caught[0].filename == __file__  # the warning points at the user's call, not inside depth2img
     with warnings.catch_warnings():
         warnings.simplefilter("error", DepthAspectWarning)
         call(pipe, depth_map=np.random.rand(12, 20))  # the image's own aspect ratio

@@ -97,7 +97,7 @@ def check_call(
     total = batch_size * int(num_images_per_prompt)
 
     _check_embeddings_fit(pipe, prompt_embeds, negative_prompt_embeds, guidance_scale)
-    _check_cross_attention_scale(cross_attention_kwargs)
+    _check_cross_attention_kwargs(cross_attention_kwargs)
     images = describe_images(image)
     check_image_values(images)
     _check_depth_layout(depth_map)
@@ -301,7 +301,23 @@ def _warn_on_depth_aspect(pipe: Any, images: ImageBatch, depth: torch.Tensor | N
     if message:
         import warnings
 
-        warnings.warn(message, DepthAspectWarning, stacklevel=4)
+        warnings.warn(message, DepthAspectWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's call: the first frame outside depth2img and outside
+    torch's ``no_grad`` wrapper around ``__call__``."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (
+        os.path.abspath(frame.f_code.co_filename).startswith(package)
+        or frame.f_code.co_filename.endswith(os.path.join("torch", "utils", "_contextlib.py"))
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_depth_layout(depth_map: Any) -> None:
@@ -348,7 +364,11 @@ def _check_embeddings_fit(pipe: Any, prompt_embeds: Any, negative_prompt_embeds:
         )
 
 
-def _check_cross_attention_scale(cross_attention_kwargs: Any) -> None:
+def _check_cross_attention_kwargs(cross_attention_kwargs: Any) -> None:
+    """Only ``scale`` (the LoRA scale, a finite number) is understood; the UNet would refuse the rest mid-call."""
+    unknown = sorted(map(str, set(cross_attention_kwargs or {}) - {"scale"}))
+    if isinstance(cross_attention_kwargs, dict) and unknown:
+        raise ValueError(f"cross_attention_kwargs keys {unknown} are not supported; allowed: 'scale' (LoRA scale)")
     if isinstance(cross_attention_kwargs, dict) and "scale" in cross_attention_kwargs:
         scale = cross_attention_kwargs["scale"]
         if not _is_number(scale):

@@ -70,12 +70,13 @@ def _output_stems(output: str | None, images: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Check the inputs, load the estimator, write the maps."""
     from .devices import resolve_device, resolve_dtype
-    from .inputs import announce_size_rounding, collect_images
+    from .inputs import announce_size_rounding, check_resized_sizes, collect_images
     from .outputs import ensure_writable_folder, missing_folders, remove_empty_folders
     from .pipeline_setup import check_model
 
     images = collect_images(args.images, max_pixels=args.max_pixels)
     announce_size_rounding(args.width, args.height)
+    check_resized_sizes(images, args.width, args.height, args.max_pixels)
     stems = _output_stems(args.output, images)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

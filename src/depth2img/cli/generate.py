@@ -202,7 +202,7 @@ def _load_and_generate(plan: _Plan, args: argparse.Namespace, written: list[Path
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
-    from .inputs import announce_size_rounding, load_depth_map
+    from .inputs import announce_size_rounding, check_resized_sizes, load_depth_map
     from .outputs import OutputNamer
     from .pipeline_setup import check_adapter_support, check_model
 
@@ -210,6 +210,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     _check_numbers(settings)
     images = _input_images(settings, args.max_pixels)
     announce_size_rounding(settings.width, settings.height)
+    check_resized_sizes(images, settings.width, settings.height, args.max_pixels)
     user_depth = None
     if settings.depth_map:
         if len(images) != 1:

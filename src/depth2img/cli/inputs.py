@@ -129,6 +129,21 @@ def load_rgb(path: Path, width: int | None = None, height: int | None = None) ->
     return image
 
 
+def check_resized_sizes(
+    images: Iterable[Path], width: int | None, height: int | None, max_pixels: int | None = None
+) -> None:
+    """``-W``/``-H`` may not blow an image up past ``max_pixels`` either (sizes read from the headers)."""
+    if width is None and height is None:
+        return
+    for path in images:
+        with _opened(path, "--image", max_pixels) as image:
+            size = target_size(image.size, width, height) or image.size
+        try:
+            check_pixel_count(*size, f"-W/-H: the resized {path}", max_pixels)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+
+
 def announce_size_rounding(width: int | None, height: int | None) -> None:
     """Say in one line when ``-W``/``-H`` is not a multiple of 8, and which size is used instead."""
     for flag, value in (("--width", width), ("--height", height)):
