@@ -230,9 +230,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
     check_adapter_support(settings.loras, settings.embeddings)
     namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
     source = check_model(settings.model, args.offline)
-    _check_against_model(source, settings)
-    if args.low_memory:
+    if args.low_memory:  # flag combinations first: no file needs reading to refuse them
         _check_low_memory(source, settings)
+    _check_against_model(source, settings)
     if source.kind != "repo":
         settings.model = source.location
     from .devices import dtype_name, resolve_dtype  # imports torch: after the cheap checks
