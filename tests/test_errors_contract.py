@@ -112,6 +112,7 @@ def test_lora_scale_must_be_finite(pipe):
         ({"prompt": None, "prompt_embeds": torch.zeros(1, 80, 32)}, "80 tokens.*at most 77"),
         ({"prompt": None, "prompt_embeds": torch.zeros(1, 77, 32, dtype=torch.long)}, "floating-point"),
         ({"clip_skip": 99}, r"clip_skip=99 is too large: .* 4 layers; use 0 to 4"),
+        ({"depth_map": np.full((12, 20), 3e38, np.float32)}, r"values as large as 3e\+38; keep them within"),
         ({"cross_attention_kwargs": {"foo": 1}}, r"cross_attention_kwargs keys \['foo'\] are not supported"),
         ({"image": PIL.Image.fromarray(np.full((24, 40), 70000, np.int32), mode="I")}, "0..65535"),
     ],

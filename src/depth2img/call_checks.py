@@ -20,11 +20,13 @@ from .text import check_clip_skip, negative_texts, prompt_batch_size
 __all__ = [
     "CALLBACK_TENSOR_INPUTS",
     "DEPTH_ASPECT_TOLERANCE",
+    "MAX_DEPTH_MAGNITUDE",
     "MAX_GUIDANCE_SCALE",
     "CallPlan",
     "DepthAspectWarning",
     "check_call",
     "check_depth_aspect",
+    "check_depth_magnitude",
     "check_finite_numbers",
     "check_steps_and_strength",
     "depth_aspect_mismatch",
@@ -102,6 +104,7 @@ def check_call(
     check_image_values(images)
     _check_depth_layout(depth_map)
     depth = _check_images_and_depth(pipe, images, depth_map, batch_size, total)
+    check_depth_magnitude(depth)
     _warn_on_depth_aspect(pipe, images, depth)
     if isinstance(generator, list):
         if len(generator) != total:
@@ -221,6 +224,7 @@ def _check_images_and_depth(
 # Small functions, callable without a pipeline, so the command line (and the web app, batch jobs) run the very
 # same checks before any model is loaded, and say the same sentences.
 
+MAX_DEPTH_MAGNITUDE = 1e30  # beyond, max - min of a map overflows float32 and the normalised map becomes NaN
 MAX_GUIDANCE_SCALE = 100.0  # A1111 stops at 30; far beyond, guidance overflows float16 into NaN images
 DEPTH_ASPECT_TOLERANCE = 0.10  # a depth map may differ from its image's aspect ratio by 10% before we say so
 
@@ -318,6 +322,19 @@ def _caller_stacklevel() -> int:
     ):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def check_depth_magnitude(depth: torch.Tensor | None) -> None:
+    """Depth values must be finite (checked before) and at most ``MAX_DEPTH_MAGNITUDE``: any scale is fine, as
+    each map is normalised, but one that overflows on the way would give NaN images."""
+    if depth is None or depth.numel() == 0:
+        return
+    largest = float(depth.float().abs().max())
+    if largest > MAX_DEPTH_MAGNITUDE:
+        raise ValueError(
+            f"depth_map holds values as large as {largest:g}; keep them within ±{MAX_DEPTH_MAGNITUDE:g} (any scale "
+            "works: each map is rescaled to [-1, 1])"
+        )
 
 
 def _check_depth_layout(depth_map: Any) -> None:

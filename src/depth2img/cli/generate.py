@@ -270,8 +270,13 @@ def _check_against_model(source: Any, settings: GenerateSettings) -> None:
 
 def _check_depth_fits(depth: Any, image: Path, settings: GenerateSettings) -> None:
     """A --depth-map file must have about the aspect ratio of the image it goes with (see call_checks)."""
-    from ..call_checks import depth_aspect_mismatch
+    import torch
+
+    from ..call_checks import check_depth_magnitude, depth_aspect_mismatch
+    from ..errors import as_user_errors
     from .inputs import check_image, target_size
+
+    as_user_errors(check_depth_magnitude)(torch.from_numpy(depth))
 
     size = check_image(image)
     size = target_size(size, settings.width, settings.height) or size
