@@ -172,7 +172,10 @@ def test_depth_maps_with_channels_or_another_aspect_are_refused(capsys, model, p
         + b" " * 44
         + b"\n"
     )
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.full((48, 64), 1e35, np.float32))
     for path, message in (
+        (huge, "values as large as 1e+35"),
         (rgb_like, "shape (7, 5, 3); expected (H, W)"),
         (square, "the depth map is 10x10 (aspect 1) but the image is 64x48 (aspect 1.33)"),
         (lying, "cannot read"),
