@@ -20,6 +20,7 @@ from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
 from depth2img.cli import main
+from test_cli import tiny_model  # noqa: F401 (a fixture: the tiny random-weights model)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "depth2img" / "configs" / "tiny"
 
@@ -221,3 +222,14 @@ def test_stale_temp_files_of_a_killed_run_are_cleaned_by_the_next_run(capsys, mo
     foreign.write_bytes(b"not ours")
     generate(capsys, model, tmp_path, "-i", str(photo), "-p", "x")
     assert not leftover.exists() and foreign.exists()
+
+
+def test_a_very_long_prompt_is_one_short_warning_line(capsys, tiny_model, photo, tmp_path):  # noqa: F811
+    status, err = run(
+        capsys, "generate", "-m", str(tiny_model), "-i", str(photo), "-p", "word " * 10000, "--steps", "2", "-q",
+        "--device", "cpu", "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert status == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("depth2img: warning: the prompt is ") and len(lines[0]) < 300
+    assert "tokens were dropped" in lines[0]

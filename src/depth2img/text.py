@@ -83,7 +83,7 @@ PROMPT_PREVIEW_WORDS = 12  # words of a dropped prompt tail shown in the warning
 def _warn_if_truncated(tokenizer: Any, prompt: str | list[str], input_ids: torch.Tensor) -> None:
     """One short warning per truncated prompt: how many tokens were dropped and how the dropped part starts
     (never the whole tail: a 10,000-word prompt would print a 60 KB line)."""
-    tokens = tokenizer(prompt, padding="longest", return_tensors="pt")
+    tokens = tokenizer(prompt, padding="longest", return_tensors="pt", verbose=False)  # we say it below, shorter
     untruncated = tokens.input_ids
     if untruncated.shape[-1] < input_ids.shape[-1] or torch.equal(input_ids, untruncated):
         return

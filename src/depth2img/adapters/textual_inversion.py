@@ -141,6 +141,8 @@ def expand_multi_vector_tokens(prompt: str | list[str], tokenizer: Any) -> str |
 
 def _expand_one(prompt: str, tokenizer: Any) -> str:
     added = tokenizer.added_tokens_encoder
+    if not any(f"{token}_1" in added for token in added):
+        return prompt  # no multi-vector token loaded: nothing to expand, no need to tokenize (a long prompt warns)
     for token in dict.fromkeys(tokenizer.tokenize(prompt)):
         if token in added and f"{token}_1" in added:
             prompt = prompt.replace(token, " ".join(_vector_tokens_present(token, added)))

@@ -8,7 +8,15 @@ from typing import NoReturn
 
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Depth2ImgError
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "CliArgumentParser", "CliError", "warn"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "CliArgumentParser",
+    "CliError",
+    "route_library_warnings",
+    "warn",
+]
 
 
 class CliError(Depth2ImgError):
@@ -42,3 +50,16 @@ class CliArgumentParser(argparse.ArgumentParser):
 def warn(message: str) -> None:
     """Print ``depth2img: warning: <message>`` on stderr (the run goes on)."""
     print(f"depth2img: warning: {message}", file=sys.stderr)
+
+
+def route_library_warnings() -> None:
+    """Print the library's logged warnings (a truncated prompt) as ``depth2img: warning: ...`` lines too."""
+    import logging
+
+    logger = logging.getLogger("depth2img")
+    if not any(getattr(handler, "_depth2img_cli", False) for handler in logger.handlers):
+        handler = logging.StreamHandler()  # stderr, looked up when each record is written
+        handler.setFormatter(logging.Formatter("depth2img: warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler._depth2img_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import argtypes
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, warn
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, route_library_warnings, warn
 from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
 
 __all__ = ["add_parser", "run"]
@@ -154,6 +154,7 @@ class _Plan:
 def run(args: argparse.Namespace) -> int:
     """Check everything, load the model, then make and save the images one by one."""
     plan = _plan(args)
+    route_library_warnings()
     written: list[Path] = []
     try:
         _load_and_generate(plan, args, written)
