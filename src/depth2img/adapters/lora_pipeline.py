@@ -17,6 +17,7 @@ exact) and leaves the adapters' scales as they were before ``fuse_lora`` (diffus
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import as_user_errors
+from ..errors import UserInputError, as_user_errors
 from . import lora_model
 from .files import read_safetensors_metadata, resolve_adapter_file
 from .lora_keys import convert_lora_state_dict, lora_weights_to_peft_state_dict
@@ -205,6 +206,8 @@ class LoraLoaderMixin:
 
         Inference then runs at the base model's speed. ``safe_fusing`` refuses weights that would hold NaN/inf.
         """
+        if not isinstance(lora_scale, (int, float)) or isinstance(lora_scale, bool) or not math.isfinite(lora_scale):
+            raise UserInputError(f"lora_scale must be a finite number, got {lora_scale!r}")
         models = self._checked_components(components)
         if safe_fusing:  # every component is checked before any is changed
             for model in models:
@@ -332,8 +335,8 @@ def _component_weight(weight: float | Mapping[str, float] | None, component: str
         weight = weight.get(component)
     if weight is None:
         return 1.0
-    if not isinstance(weight, (int, float)):
-        raise ValueError(f"an adapter weight must be a number, got {weight!r}")
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
+        raise UserInputError(f"an adapter weight must be a finite number, got {weight!r}")
     return float(weight)
 
 

@@ -56,10 +56,11 @@ def route_library_warnings() -> None:
     """Print the library's logged warnings (a truncated prompt) as ``depth2img: warning: ...`` lines too."""
     import logging
 
+    class StderrHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warn(record.getMessage())  # sys.stderr as it is now (tests and callers may have replaced it)
+
     logger = logging.getLogger("depth2img")
-    if not any(getattr(handler, "_depth2img_cli", False) for handler in logger.handlers):
-        handler = logging.StreamHandler()  # stderr, looked up when each record is written
-        handler.setFormatter(logging.Formatter("depth2img: warning: %(message)s"))
-        handler.setLevel(logging.WARNING)
-        handler._depth2img_cli = True  # type: ignore[attr-defined]
+    if not any(type(handler).__name__ == "StderrHandler" for handler in logger.handlers):
+        handler = StderrHandler(logging.WARNING)
         logger.addHandler(handler)

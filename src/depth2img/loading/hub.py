@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ModelUnavailableError
+from ..errors import MissingFileError, ModelUnavailableError
 
 __all__ = ["ModelFilesNotFoundError", "download_hint", "hub_offline", "is_local_folder", "resolve_folder"]
 
@@ -65,7 +65,7 @@ def resolve_folder(
     if isinstance(name_or_path, os.PathLike) or is_local_folder(name_or_path):
         folder = Path(name_or_path).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"model folder not found: {folder}")
+            raise MissingFileError(f"model folder not found: {folder}")
         return _subfolder(folder, subfolder, str(name_or_path))
     repo_id = str(name_or_path)
     _check_repo_id(repo_id)
@@ -79,7 +79,7 @@ def _subfolder(folder: Path, subfolder: str | None, shown_name: str) -> Path:
         return folder
     path = folder / subfolder
     if not path.is_dir():
-        raise FileNotFoundError(f"{shown_name} has no subfolder {subfolder!r} (looked in {path})")
+        raise MissingFileError(f"{shown_name} has no subfolder {subfolder!r} (looked in {path})")
     return path
 
 
@@ -89,7 +89,7 @@ def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{repo_id!r} is neither an existing local folder nor a Hugging Face Hub repo id (like "
             "'sd2-community/stable-diffusion-2-depth')"
         ) from None

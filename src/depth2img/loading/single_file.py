@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..configuration import load_json
+from ..errors import MissingFileError
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
 from .empty_init import meta_parameter_names, parameters_on_meta
 from .keymaps import KeyMap, convert_state_dict, ldm_unet, ldm_vae, midas_dpt, open_clip
@@ -76,7 +77,7 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """Open an original checkpoint as ``{key: tensor}``; the format is detected from the file's content."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     with path.open("rb") as file:
         head = file.read(9)
     # safetensors first: its header length may well start with the byte 0x80 that also opens a pickle.

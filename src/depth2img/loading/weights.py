@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingFileError
 from ..utils.files import atomic_path, atomic_write_text
 from .torch_files import InvalidWeightsError
 
@@ -178,7 +179,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read one weights file (safetensors or ``.bin``) on the CPU; one clear error naming a bad file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     if path.suffix == SAFETENSORS:
         return _read_safetensors(path)
     if path.suffix in (PICKLE, ".pt", ".pth"):
