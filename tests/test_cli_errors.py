@@ -233,3 +233,21 @@ def test_a_very_long_prompt_is_one_short_warning_line(capsys, tiny_model, photo,
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("depth2img: warning: the prompt is ") and len(lines[0]) < 300
     assert "tokens were dropped" in lines[0]
+
+
+def test_a_full_disk_is_one_line_naming_the_output(capsys, tiny_model, photo, tmp_path, monkeypatch):  # noqa: F811
+    import errno
+    import os
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    out = tmp_path / "out"
+    status, err = run(
+        capsys, "generate", "-m", str(tiny_model), "-i", str(photo), "-p", "x", "--steps", "2", "-q",
+        "--device", "cpu", "-o", str(out / "result.png"),
+    )  # fmt: skip
+    line = error_line(err)
+    assert status == 1 and f"cannot write {out / 'result.png'}: no space left on the device" in line
+    assert not any(out.iterdir()) if out.exists() else True  # no temporary file, no half-written image

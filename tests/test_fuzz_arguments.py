@@ -246,6 +246,32 @@ def test_every_generate_flag_value_is_checked_before_loading(cli_inputs, flags, 
     assert not math.isnan(status)
 
 
+@given(
+    flags=st.lists(
+        st.tuples(st.sampled_from(["-W", "-H", "--device", "--dtype", "--max-pixels", "-o"]), FLAG_TEXT),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_every_depth_flag_value_is_checked_before_loading(cli_inputs, flags):
+    from depth2img.cli import main
+    from fuzz_support import TALLY
+
+    root, model, photo = cli_inputs
+    argv = ["depth", "-m", str(model), "-i", str(photo), "-q"]
+    for flag, value in flags:
+        value = str(root / "depth-out" / value) if flag == "-o" else value
+        argv += [flag, value] if not value.startswith("-") else [f"{flag}={value}"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(argv)
+    lines = [line for line in err.getvalue().splitlines() if line.startswith("depth2img: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+    assert "run with --debug" not in lines[0], lines[0]
+    assert status == 2 or (status == 1 and "cannot load model" in lines[0]), (status, lines[0])
+    TALLY[("cli depth flags", "exit 2 (refused)" if status == 2 else "exit 1 (all checks passed)")] += 1
+
+
 def test_the_strategies_cover_every_call_argument():
     import inspect
 
