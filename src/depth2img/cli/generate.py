@@ -63,7 +63,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     sampling.add_argument(
         "--guidance-scale", "--cfg-scale", dest="guidance_scale", type=argtypes.non_negative_float, metavar="CFG",
-        help="how strongly to follow the prompt (7.5; 1 or less turns guidance off)",
+        help="how strongly to follow the prompt, up to 100 (7.5; 1 or less turns guidance off)",
     )  # fmt: skip
     sampling.add_argument(
         "--scheduler", "--sampler", dest="scheduler", metavar="NAME",
@@ -88,7 +88,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--clip-skip", type=argtypes.int_at_least(1), metavar="N",
         help="as in A1111: 1 uses the text encoder's last layer, 2 the one before it, ...",
     )  # fmt: skip
-    sampling.add_argument("--eta", type=argtypes.non_negative_float, metavar="ETA", help="DDIM eta (0)")
+    sampling.add_argument("--eta", type=argtypes.non_negative_float, metavar="ETA", help="DDIM eta, 0..1 (0)")
     sampling.add_argument(
         "-W", "--width", type=argtypes.int_at_least(8), metavar="PX", help="resize inputs to this width"
     )
