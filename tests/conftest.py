@@ -39,3 +39,32 @@ def _deterministic():
 def diffusers():
     """The reference implementation (the oracle)."""
     return require("diffusers")
+
+
+# ---------------------------------------------------------------------------------------------- fuzzing (Hypothesis)
+# The default profile keeps the property-based tests fast and repeatable (few examples, a fixed seed, no database);
+# HYPOTHESIS_PROFILE=long runs many more random cases (see docs/errors.md). No deadline: a shared CPU's timing is
+# no bug; hangs are caught by tests/fuzz_support.within instead.
+try:
+    from hypothesis import HealthCheck
+    from hypothesis import settings as hypothesis_settings
+except ImportError:  # the fuzz tests require() it themselves
+    pass
+else:
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    hypothesis_settings.register_profile(
+        "default", max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=_SLOW_OK
+    )
+    hypothesis_settings.register_profile("long", max_examples=600, deadline=None, suppress_health_check=_SLOW_OK)
+    hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' tally (cases run, and how each ended), for the record."""
+    from fuzz_support import TALLY
+
+    if TALLY:
+        terminalreporter.write_sep("-", "fuzz tally (cases by kind and outcome)")
+        for (kind, outcome), count in sorted(TALLY.items()):
+            terminalreporter.write_line(f"{kind:<28} {outcome:<32} {count}")
+        terminalreporter.write_line(f"{'total':<61} {sum(TALLY.values())}")

@@ -32,6 +32,10 @@ _EXPORTS = {
     "HeunDiscreteScheduler": ".schedulers",
     "DPMSolverMultistepScheduler": ".schedulers",
     "UniPCMultistepScheduler": ".schedulers",
+    "Depth2ImgError": ".errors",
+    "UserError": ".errors",
+    "UserInputError": ".errors",
+    "UserTypeError": ".errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

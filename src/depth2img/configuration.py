@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import MissingFileError
 from .utils.files import atomic_write_text
 
 __all__ = ["ConfigMixin", "FrozenConfig", "explicit_config", "load_json"]
@@ -57,7 +58,7 @@ def load_json(path: str | os.PathLike) -> dict:
     """Read a JSON object from ``path`` with an error that names the file when it is missing or broken."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise MissingFileError(f"config file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -1,14 +1,16 @@
 """Image pre- and post-processing for the pipeline: PIL / numpy / torch in, a normalised tensor out, and back.
 
 Accepted inputs, as diffusers' ``VaeImageProcessor`` accepts them:
-- ``PIL.Image.Image`` (any mode; converted to RGB),
+- ``PIL.Image.Image`` (any mode; converted to RGB by :func:`to_rgb`: 16-bit grayscale by its 0..65535 range),
 - numpy ``(H, W, C)`` or ``(B, H, W, C)`` (or ``(H, W)`` grayscale), float in [0, 1] or uint8 in [0, 255],
 - torch ``(C, H, W)`` or ``(B, C, H, W)``, float in [0, 1] or [-1, 1] (a tensor with a negative value is taken to
   be in [-1, 1], as the reference does); a 4-channel tensor is already VAE latents and is passed through,
 - or a list of any one of those kinds.
 
-Pixels are resized down to a multiple of the VAE scale factor (Lanczos for PIL, nearest for arrays — the
-reference's choices, so seeded outputs stay equal) and normalised to [-1, 1].
+Float pixels must be finite and within [-1, 1] (0..255 floats are refused, not clipped): see
+:func:`check_image_values`, run before any model. Pixels are resized down to a multiple of the VAE scale factor
+(Lanczos for PIL, nearest for arrays — the reference's choices, so seeded outputs stay equal) and normalised to
+[-1, 1].
 """
 
 from __future__ import annotations
@@ -27,13 +29,23 @@ __all__ = [
     "describe_images",
     "images_to_tensor",
     "numpy_to_pil",
+    "MAX_PIXELS",
+    "check_image_values",
+    "check_pixel_count",
     "postprocess",
+    "to_rgb",
     "to_uint8_images",
 ]
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 LATENT_CHANNELS = 4  # a torch image with this many channels is taken to be VAE latents
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # PIL's 16-bit grayscale modes (16-bit PNG, TIFF)
+FLOAT_TOLERANCE = 1e-3  # float pixels may overshoot [-1, 1] by rounding this much (e.g. after a resize)
+# The largest image (width x height) accepted, from a file or in memory: 8192x8192. Larger ones are refused before
+# anything is decoded (a small file can declare a huge size: a decompression bomb). Set it to change the default;
+# the command line's --max-pixels overrides it per run.
+MAX_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -133,7 +145,7 @@ def images_to_tensor(batch: ImageBatch, multiple: int) -> torch.Tensor:
     height, width = _floor_to_multiple(batch.height, batch.width, multiple)
     if batch.kind == "pil":
         resample = PIL.Image.Resampling.LANCZOS
-        arrays = [np.array(_rgb(item).resize((width, height), resample=resample)) for item in batch.items]
+        arrays = [np.array(to_rgb(item).resize((width, height), resample=resample)) for item in batch.items]
         pixels = torch.from_numpy((np.stack(arrays).astype(np.float32) / 255.0).transpose(0, 3, 1, 2))
         return 2.0 * pixels - 1.0
     if batch.kind == "numpy":
@@ -157,8 +169,74 @@ def images_to_tensor(batch: ImageBatch, multiple: int) -> torch.Tensor:
     return 2.0 * pixels - 1.0
 
 
-def _rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """``image`` as 8-bit RGB, scaling high-bit-depth grayscale by its real range rather than clipping it.
+
+    PIL's own ``convert("RGB")`` clips 16-bit values at 255, which turns a 16-bit PNG all white. Here 16-bit
+    modes (``I;16*``) map 0..65535 to 0..255; a 32-bit ``I`` image (what some Pillow versions make of a 16-bit
+    PNG) must hold 0..65535 and is read the same way; a float ``F`` image must hold [0, 1]. Anything else raises
+    ``ValueError`` naming the range found. Every other mode goes through PIL's conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        scale = 1.0 if image.mode == "F" else 65535.0
+        if not np.isfinite(values).all() or low < 0 or high > scale:
+            kind = "a float (mode F) image" if image.mode == "F" else f"a {image.mode} image"
+            allowed = "[0, 1]" if image.mode == "F" else "0..65535"
+            raise ValueError(
+                f"{kind} must hold values in {allowed}, got values from {low:g} to {high:g}; save it as an 8- or "
+                "16-bit image"
+            )
+        gray = np.round(values / scale * 255.0).astype(np.uint8)
+        return PIL.Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
+    return image.convert("RGB")
+
+
+def check_pixel_count(width: int, height: int, what: str, limit: int | None = None) -> None:
+    """Refuse an image of ``width`` x ``height`` above ``limit`` pixels (default: the module's ``MAX_PIXELS``);
+    ``what`` names it (a file, or "image") in the sentence."""
+    limit = MAX_PIXELS if limit is None else limit
+    if width * height > limit:
+        raise ValueError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,} "
+            "(depth2img.images.MAX_PIXELS, or --max-pixels on the command line); resize it, or raise the limit"
+        )
+
+
+def check_image_values(batch: ImageBatch) -> None:
+    """Numpy and torch pixels must be uint8, or floats that are finite and in [0, 1] (or [-1, 1]); latents
+    must be finite. Raises one sentence naming what was found; PIL images are always valid."""
+    check_pixel_count(batch.width, batch.height, "image")
+    if batch.kind == "pil":
+        for item in batch.items:
+            if item.mode in SIXTEEN_BIT_MODES or item.mode in ("I", "F"):
+                to_rgb(item)  # raises for values outside the mode's range
+        return
+    for item in batch.items:
+        is_torch = isinstance(item, torch.Tensor)
+        is_float = item.is_floating_point() if is_torch else np.issubdtype(item.dtype, np.floating)
+        is_uint8 = item.dtype == (torch.uint8 if is_torch else np.uint8)
+        if not (is_float or is_uint8) or (batch.is_latents and not is_float):
+            allowed = "floating point" if batch.is_latents else "uint8 (0..255) or floating point (0..1)"
+            raise TypeError(f"{batch.kind} images must be {allowed}, got dtype {item.dtype}")
+        if not is_float or (item.numel() if is_torch else item.size) == 0:
+            continue
+        values = item.detach().float() if is_torch else item
+        finite = bool(torch.isfinite(values).all()) if is_torch else bool(np.isfinite(values).all())
+        if not finite:
+            what = "latents" if batch.is_latents else "image"
+            raise ValueError(f"the {batch.kind} {what} contains NaN or infinite values")
+        if batch.is_latents:
+            continue
+        low, high = float(values.min()), float(values.max())
+        if low < -1 - FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+            raise ValueError(
+                f"float {batch.kind} images must hold values in [0, 1] (or [-1, 1]), got values from {low:g} to "
+                f"{high:g}; for 0..255 pixels pass a uint8 array, or divide by 255"
+            )
 
 
 def to_uint8_images(batch: ImageBatch) -> list[np.ndarray]:
@@ -169,7 +247,7 @@ def to_uint8_images(batch: ImageBatch) -> list[np.ndarray]:
     picture as a PIL image give the same depth.
     """
     if batch.kind == "pil":
-        return [np.array(_rgb(item)) for item in batch.items]
+        return [np.array(to_rgb(item)) for item in batch.items]
     signed = batch.kind == "torch" and _is_signed_range(batch)
     out = []
     for item in batch.items:

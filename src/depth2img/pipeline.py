@@ -32,6 +32,7 @@ from .images import LATENT_CHANNELS, ImageBatch, images_to_tensor, postprocess, 
 from .models import use_reference_arithmetic
 from .offload import LowMemoryGroup, ModelWeights, enable_low_memory
 from .text import encode_prompt
+from .utils.devices import check_device_available
 from .utils.random import randn_tensor
 
 __all__ = ["Depth2ImgPipeline", "Depth2ImgPipelineOutput"]
@@ -153,6 +154,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
                 raise TypeError(f"to() takes a device and/or a dtype, got {arg!r}")
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"to(dtype=...) needs a floating dtype such as torch.float16, got {dtype}")
+        check_device_available(device)  # one sentence, not torch's AssertionError from deep inside .to()
         for module in self._modules():
             weights = self._weights_of(module)
             if weights is None:

@@ -61,7 +61,10 @@ def check_clip_skip(clip_skip: Any, text_encoder: nn.Module | None) -> None:
         raise ValueError(f"clip_skip must be a non-negative integer (layers to skip) or None, got {clip_skip!r}")
     layers = _num_layers(text_encoder) if text_encoder is not None else None
     if layers is not None and clip_skip > layers:
-        raise ValueError(f"clip_skip={clip_skip} is too large: the text encoder has only {layers} layers")
+        raise ValueError(
+            f"clip_skip={clip_skip} is too large: the text encoder has only {layers} layers; use 0 to {layers} "
+            "(layers skipped from the end) or None"
+        )
 
 
 def _tokenize(tokenizer: Any, texts: str | list[str], max_length: int) -> Any:
@@ -74,15 +77,29 @@ def _attention_mask(text_encoder: nn.Module, tokens: Any, device: torch.device) 
     return None
 
 
+PROMPT_PREVIEW_WORDS = 12  # words of a dropped prompt tail shown in the warning: enough to recognise it
+
+
 def _warn_if_truncated(tokenizer: Any, prompt: str | list[str], input_ids: torch.Tensor) -> None:
-    untruncated = tokenizer(prompt, padding="longest", return_tensors="pt").input_ids
-    if untruncated.shape[-1] >= input_ids.shape[-1] and not torch.equal(input_ids, untruncated):
-        removed = tokenizer.batch_decode(untruncated[:, tokenizer.model_max_length - 1 : -1])
+    """One short warning per truncated prompt: how many tokens were dropped and how the dropped part starts
+    (never the whole tail: a 10,000-word prompt would print a 60 KB line)."""
+    tokens = tokenizer(prompt, padding="longest", return_tensors="pt", verbose=False)  # we say it below, shorter
+    untruncated = tokens.input_ids
+    if untruncated.shape[-1] < input_ids.shape[-1] or torch.equal(input_ids, untruncated):
+        return
+    limit = tokenizer.model_max_length
+    mask = getattr(tokens, "attention_mask", None)
+    for number, row in enumerate(untruncated):
+        content = int(mask[number].sum()) if mask is not None else row.shape[-1]  # with start and end tokens
+        dropped = max(0, content - limit)  # counts the start/end tokens as CLIP does
+        if not dropped:
+            continue
+        words = tokenizer.decode(row[limit - 1 : limit - 1 + 4 * PROMPT_PREVIEW_WORDS], skip_special_tokens=True)
+        start = " ".join(words.split()[:PROMPT_PREVIEW_WORDS])
         logger.warning(
-            "Part of the prompt was truncated because CLIP handles at most %d tokens: %s",
-            tokenizer.model_max_length,
-            removed,
-        )
+            "the prompt is %d tokens long and CLIP reads at most %d, so %d tokens were dropped (from: %r...)",
+            content, limit, dropped, start,
+        )  # fmt: skip
 
 
 def _encode_positive(

@@ -12,7 +12,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingFileError
+
 __all__ = ["read_safetensors_metadata", "resolve_adapter_file"]
+
+_WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def _names_a_file(name: str) -> bool:
+    """Whether ``name`` can only be a local path, not a Hub repo id (``owner/name``): it has a weights suffix,
+    starts like a path, or has other than exactly one slash."""
+    return (
+        name.lower().endswith(_WEIGHTS_SUFFIXES)
+        or name.startswith((".", "/", "~", "\\"))
+        or name.count("/") != 1
+        or os.sep in name.replace("/", "")
+    )
 
 
 def resolve_adapter_file(
@@ -32,6 +47,8 @@ def resolve_adapter_file(
     path = Path(path_or_repo_id).expanduser()
     if path.is_file():
         return path
+    if not path.is_dir() and _names_a_file(str(path_or_repo_id)):
+        raise MissingFileError(f"{what} file not found: {path}")
     if not path.is_dir():
         from ..loading.hub import resolve_folder
 
@@ -42,7 +59,7 @@ def resolve_adapter_file(
         path = path / hub_kwargs["subfolder"]
     if weight_name:
         if not (path / weight_name).is_file():
-            raise FileNotFoundError(f"{what} file {weight_name!r} not found in {path}")
+            raise MissingFileError(f"{what} file {weight_name!r} not found in {path}")
         return path / weight_name
     for name in default_names:
         if (path / name).is_file():
@@ -51,7 +68,7 @@ def resolve_adapter_file(
     if len(candidates) == 1:
         return candidates[0]
     found = ", ".join(p.name for p in candidates) or "none"
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no {what} file in {path}: looked for {', '.join(default_names)} (.safetensors files there: {found}); "
         "pass weight_name='<file name>'"
     )

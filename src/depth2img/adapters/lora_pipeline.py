@@ -17,6 +17,7 @@ exact) and leaves the adapters' scales as they were before ``fuse_lora`` (diffus
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,11 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserInputError, as_user_errors
 from . import lora_model
 from .files import read_safetensors_metadata, resolve_adapter_file
 from .lora_keys import convert_lora_state_dict, lora_weights_to_peft_state_dict
 
-__all__ = ["LORA_WEIGHT_NAME", "LORA_WEIGHT_NAME_SAFE", "LoraLoaderMixin", "read_lora_file"]
+__all__ = ["LORA_WEIGHT_NAME", "LORA_WEIGHT_NAME_SAFE", "LoraLoaderMixin", "fitting_lora_weights", "read_lora_file"]
 
 LORA_WEIGHT_NAME_SAFE = "pytorch_lora_weights.safetensors"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.bin"
@@ -48,8 +50,32 @@ def read_lora_file(
     path = resolve_adapter_file(
         path_or_dict, weight_name, (LORA_WEIGHT_NAME_SAFE, LORA_WEIGHT_NAME), "LoRA", **hub_kwargs
     )
-    metadata = read_safetensors_metadata(path) if path.suffix == ".safetensors" else None
-    return read_state_dict(path), metadata
+    state_dict = read_state_dict(path)  # first: a damaged file gets read_state_dict's sentence naming it
+    return state_dict, read_safetensors_metadata(path) if path.suffix == ".safetensors" else None
+
+
+@as_user_errors  # a LoRA that does not fit is the user's file's problem: InputFileError-like, exit 2
+def fitting_lora_weights(
+    path_or_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+    models: Mapping[str, nn.Module],
+    weight_name: str | None = None,
+    **hub_kwargs: Any,
+) -> dict[str, Any]:
+    """A LoRA's weights per component (``unet``, ``text_encoder``), checked to fit ``models`` without changing
+    them; raises ``ValueError`` naming the first layer that does not fit. ``models`` may live on the meta device
+    (built from their configs alone), so a LoRA is checked before any weights are loaded."""
+    state_dict, metadata = read_lora_file(path_or_dict, weight_name, **hub_kwargs)
+    per_component = convert_lora_state_dict(
+        state_dict, {c: lora_model.lora_target_names(m) for c, m in models.items()}, metadata
+    )
+    if not per_component:
+        raise ValueError("the LoRA holds no weights for the unet or the text_encoder")
+    missing = sorted(set(per_component) - set(models))
+    if missing:
+        raise ValueError(f"the LoRA has weights for {missing}, which this pipeline does not have")
+    for component, weights in per_component.items():  # validate everything before changing anything
+        lora_model.check_adapter(models[component], weights, component)
+    return per_component
 
 
 class LoraLoaderMixin:
@@ -84,18 +110,8 @@ class LoraLoaderMixin:
         if unknown:
             raise TypeError(f"load_lora_weights() got unexpected arguments {unknown}; allowed: {list(_HUB_KWARGS)}")
         adapter_name = self._new_adapter_name(adapter_name)
-        state_dict, metadata = read_lora_file(pretrained_model_name_or_path_or_dict, weight_name, **kwargs)
         models = self._lora_models()
-        per_component = convert_lora_state_dict(
-            state_dict, {c: lora_model.lora_target_names(m) for c, m in models.items()}, metadata
-        )
-        if not per_component:
-            raise ValueError("the LoRA holds no weights for the unet or the text_encoder")
-        missing = sorted(set(per_component) - set(models))
-        if missing:
-            raise ValueError(f"the LoRA has weights for {missing}, which this pipeline does not have")
-        for component, weights in per_component.items():  # validate everything before changing anything
-            lora_model.check_adapter(models[component], weights, component)
+        per_component = fitting_lora_weights(pretrained_model_name_or_path_or_dict, models, weight_name, **kwargs)
         for component, weights in per_component.items():
             lora_model.add_adapter(models[component], adapter_name, weights)
 
@@ -190,6 +206,8 @@ class LoraLoaderMixin:
 
         Inference then runs at the base model's speed. ``safe_fusing`` refuses weights that would hold NaN/inf.
         """
+        if not isinstance(lora_scale, (int, float)) or isinstance(lora_scale, bool) or not math.isfinite(lora_scale):
+            raise UserInputError(f"lora_scale must be a finite number, got {lora_scale!r}")
         models = self._checked_components(components)
         if safe_fusing:  # every component is checked before any is changed
             for model in models:
@@ -317,8 +335,8 @@ def _component_weight(weight: float | Mapping[str, float] | None, component: str
         weight = weight.get(component)
     if weight is None:
         return 1.0
-    if not isinstance(weight, (int, float)):
-        raise ValueError(f"an adapter weight must be a number, got {weight!r}")
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
+        raise UserInputError(f"an adapter weight must be a finite number, got {weight!r}")
     return float(weight)
 
 

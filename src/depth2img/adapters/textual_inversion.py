@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from torch import nn
 from .files import resolve_adapter_file
 
 __all__ = [
+    "embedding_matrix",
+    "read_embedding_file",
     "TEXT_INVERSION_NAME",
     "TEXT_INVERSION_NAME_SAFE",
     "TextualInversionLoaderMixin",
@@ -86,16 +87,7 @@ def load_textual_inversion(
         name = chosen or stored_token
         if not name:
             raise ValueError("this embedding is a bare tensor with no token name; pass token='<name>'")
-        matrix = embedding.reshape(1, -1) if embedding.ndim == 1 else embedding
-        if matrix.ndim != 2:
-            raise ValueError(
-                f"the embedding for {name!r} has shape {tuple(embedding.shape)}; expected (dim,) or (n, dim)"
-            )
-        if matrix.shape[1] != width:
-            raise ValueError(
-                f"the embedding for {name!r} has width {matrix.shape[1]} but this text encoder's is {width} (is it "
-                "for another base model, e.g. SD 1.x with 768?)"
-            )
+        matrix = embedding_matrix(name, embedding, width)
         for expanded in _vector_token_names(name, matrix.shape[0]):
             if expanded in vocab:
                 raise ValueError(
@@ -149,6 +141,8 @@ def expand_multi_vector_tokens(prompt: str | list[str], tokenizer: Any) -> str |
 
 def _expand_one(prompt: str, tokenizer: Any) -> str:
     added = tokenizer.added_tokens_encoder
+    if not any(f"{token}_1" in added for token in added):
+        return prompt  # no multi-vector token loaded: nothing to expand, no need to tokenize (a long prompt warns)
     for token in dict.fromkeys(tokenizer.tokenize(prompt)):
         if token in added and f"{token}_1" in added:
             prompt = prompt.replace(token, " ".join(_vector_tokens_present(token, added)))
@@ -170,8 +164,29 @@ def _count(tensor: torch.Tensor) -> int:
     return 1 if tensor.ndim == 1 else tensor.shape[0]
 
 
+def embedding_matrix(name: str, embedding: torch.Tensor, width: int) -> torch.Tensor:
+    """``embedding`` as an (n, width) matrix, or ``ValueError`` when it is not (dim,) / (n, dim) of the text
+    encoder's ``width`` (``hidden_size``), or not finite floats."""
+    matrix = embedding.reshape(1, -1) if embedding.ndim == 1 else embedding
+    if matrix.ndim != 2 or matrix.numel() == 0:
+        raise ValueError(f"the embedding for {name!r} has shape {tuple(embedding.shape)}; expected (dim,) or (n, dim)")
+    if matrix.shape[1] != width:
+        raise ValueError(
+            f"the embedding for {name!r} has width {matrix.shape[1]} but this text encoder's is {width} (is it "
+            "for another base model, e.g. SD 1.x with 768?)"
+        )
+    if not matrix.is_floating_point() or not bool(torch.isfinite(matrix).all()):
+        raise ValueError(f"the embedding for {name!r} must hold finite floating-point numbers")
+    return matrix
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading embeddings
+
+
+def read_embedding_file(path: str | os.PathLike) -> tuple[str | None, torch.Tensor]:
+    """``(token stored in the file or None, embedding tensor)`` of an embedding file, or one clear error."""
+    return _read_embedding(Path(path), None, {})
 
 
 def _read_embedding(
@@ -192,17 +207,12 @@ def _read_embedding(
 
 def _read_file(path: Path) -> Mapping[str, Any]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..loading.weights import read_state_dict
 
-        return load_file(str(path), device="cpu")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as error:  # torch raises several unrelated types for unreadable or unsafe pickles
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) (only tensors and plain containers are "
-            f"unpickled, for safety): {reason}"
-        ) from None
+        return read_state_dict(path)  # a damaged file raises InvalidWeightsError, naming it
+    from ..loading.torch_files import safe_torch_load
+
+    loaded = safe_torch_load(path, "textual-inversion embedding")
     if isinstance(loaded, torch.Tensor):
         return {"": loaded}
     if not isinstance(loaded, Mapping):

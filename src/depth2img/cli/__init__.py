@@ -4,7 +4,8 @@ Each subcommand lives in its own module, named after it (``random-model``: ``ran
 ``add_parser(subparsers, parents)`` and ``run(args) -> int``.
 Modules import torch and the models only inside ``run``, so ``--help`` and argument errors are instant.
 ``main`` turns every failure into one line on stderr, ``depth2img: error: ...``, and an exit status
-(2 bad arguments or input files, 1 a failed run, 130 interrupted); ``--debug`` also prints the traceback.
+(2 bad arguments or input files, 1 a failed run, 130 interrupted; see docs/errors.md); ``--debug`` also prints
+the traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
+from ..errors import Depth2ImgError, exit_status, one_line
 from . import depth, generate, info, random_model
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliArgumentParser, CliError
 
@@ -55,9 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except SystemExit as exit_request:  # --help and --version
         return exit_request.code if isinstance(exit_request.code, int) else 0
-    except CliError as error:
+    except Depth2ImgError as error:  # CliError and the library's errors (depth2img.errors): exit 2 = user mistake
         _report(str(error), debug)
-        return error.exit_code
+        return exit_status(error)
     except KeyboardInterrupt:
         _report("interrupted", debug)
         return EXIT_INTERRUPTED
@@ -70,4 +72,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(message: str, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    print(f"depth2img: error: {' '.join(message.split(chr(10)))}", file=sys.stderr)
+    print(f"depth2img: error: {one_line(message, limit=2000)}", file=sys.stderr)

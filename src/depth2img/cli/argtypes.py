@@ -65,11 +65,13 @@ def _int(text: str) -> int:
 def lora_spec(text: str) -> tuple[str, float]:
     """``PATH`` or ``PATH:SCALE`` (scale defaults to 1.0). A path that exists as typed is never split."""
     if Path(text).exists() or ":" not in text:
-        return text, 1.0
+        return _adapter_path(text), 1.0
     path, scale = text.rsplit(":", 1)
     try:
-        return path, float(scale)
-    except ValueError:
+        return _adapter_path(path), _float(scale)
+    except argparse.ArgumentTypeError as error:
+        if "path" in str(error):
+            raise
         message = f"{text!r}: the scale after ':' must be a number, e.g. style.safetensors:0.8"
         raise argparse.ArgumentTypeError(message) from None
 
@@ -77,6 +79,12 @@ def lora_spec(text: str) -> tuple[str, float]:
 def embedding_spec(text: str) -> tuple[str, str | None]:
     """``PATH`` or ``PATH:TOKEN`` (token defaults to the one stored in the file)."""
     if Path(text).exists() or ":" not in text:
-        return text, None
+        return _adapter_path(text), None
     path, token = text.rsplit(":", 1)
-    return path, token or None
+    return _adapter_path(path), token or None
+
+
+def _adapter_path(path: str) -> str:
+    if not path.strip():
+        raise argparse.ArgumentTypeError("the file path is empty; use PATH or PATH:VALUE")
+    return path

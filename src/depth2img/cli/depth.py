@@ -41,6 +41,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--no-preview", action="store_true", help="skip the colour preview")
     parser.add_argument("-W", "--width", type=argtypes.int_at_least(8), help="resize inputs to this width first")
     parser.add_argument("-H", "--height", type=argtypes.int_at_least(8), help="resize inputs to this height first")
+    parser.add_argument(
+        "--max-pixels", type=argtypes.int_at_least(64), metavar="N",
+        help="refuse input images larger than N pixels, read from their headers (default: 8192x8192)",
+    )  # fmt: skip
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model holding the estimator ({DEFAULT_MODEL})")
     parser.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
@@ -67,21 +71,41 @@ def _output_stems(output: str | None, images: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Check the inputs, load the estimator, write the maps (all with one range under --depth-normalize batch)."""
-    from .component_options import apply_component_options, component_choice, load_components
+    from .component_options import component_choice
     from .devices import resolve_device, resolve_dtype
-    from .inputs import collect_images
-    from .outputs import ensure_writable_folder
+    from .inputs import announce_size_rounding, check_resized_sizes, collect_images
+    from .outputs import ensure_writable_folder, missing_folders, remove_empty_folders
     from .pipeline_setup import check_model
 
     choice = component_choice(args)
-    images = collect_images(args.images)
+    images = collect_images(args.images, max_pixels=args.max_pixels)
+    announce_size_rounding(args.width, args.height)
+    check_resized_sizes(images, args.width, args.height, args.max_pixels)
     stems = _output_stems(args.output, images)
-    for folder in {stem.parent for stem in stems}:
-        ensure_writable_folder(folder)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     source = check_model(args.model, args.offline)
+    created = [folder for parent in {stem.parent for stem in stems} for folder in missing_folders(parent)]
+    for folder in {stem.parent for stem in stems}:
+        ensure_writable_folder(folder)
+    try:
+        return _estimate_and_write(args, choice, source, device, dtype, images, stems)
+    except BaseException:
+        remove_empty_folders(sorted(set(created)))  # a failed run leaves no empty output folder behind
+        raise
 
+
+def _estimate_and_write(
+    args: argparse.Namespace,
+    choice: Any,
+    source: Any,
+    device: Any,
+    dtype: Any,
+    images: list[Path],
+    stems: list[Path],
+) -> int:
+    """Load the estimator, then estimate and write each image's maps."""
+    from .component_options import apply_component_options, load_components
     from .depthmaps import estimate_depth, resize_depth, shared_range, write_depth_npy, write_depth_png16, write_preview
     from .inputs import load_rgb
     from .pipeline_setup import load_pipeline

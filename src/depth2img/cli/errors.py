@@ -6,19 +6,33 @@ import argparse
 import sys
 from typing import NoReturn
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "CliArgumentParser", "CliError", "warn"]
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Depth2ImgError
 
-EXIT_FAILURE = 1  # the run itself failed: a model that cannot be loaded, a file that cannot be written
-EXIT_USAGE = 2  # invalid arguments or input files, found before any model is loaded (argparse uses 2 too)
-EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "CliArgumentParser",
+    "CliError",
+    "route_library_warnings",
+    "warn",
+]
 
 
-class CliError(Exception):
-    """A failure the user can act on: ``message`` is printed as ``depth2img: error: <message>``."""
+class CliError(Depth2ImgError):
+    """A failure the user can act on: ``message`` is printed as ``depth2img: error: <message>``.
+
+    A command-line-only error (a flag combination, a missing prompt); the library's own errors
+    (``depth2img.errors``) are reported by ``main`` the same way, with their class's exit status.
+    """
 
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        return self.exit_code
 
 
 class CliArgumentParser(argparse.ArgumentParser):
@@ -36,3 +50,17 @@ class CliArgumentParser(argparse.ArgumentParser):
 def warn(message: str) -> None:
     """Print ``depth2img: warning: <message>`` on stderr (the run goes on)."""
     print(f"depth2img: warning: {message}", file=sys.stderr)
+
+
+def route_library_warnings() -> None:
+    """Print the library's logged warnings (a truncated prompt) as ``depth2img: warning: ...`` lines too."""
+    import logging
+
+    class StderrHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warn(record.getMessage())  # sys.stderr as it is now (tests and callers may have replaced it)
+
+    logger = logging.getLogger("depth2img")
+    if not any(type(handler).__name__ == "StderrHandler" for handler in logger.handlers):
+        handler = StderrHandler(logging.WARNING)
+        logger.addHandler(handler)

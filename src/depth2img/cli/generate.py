@@ -19,7 +19,7 @@ from typing import Any
 
 from . import argtypes
 from .component_options import ComponentChoice, add_component_arguments
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, warn
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, route_library_warnings, warn
 from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
 
 __all__ = ["add_parser", "run"]
@@ -45,6 +45,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     what.add_argument("--depth-map", metavar="PATH", help="use this depth map (image or .npy; white = near)")
     what.add_argument("--from-png", metavar="PNG", help="repeat the run that made this PNG (typed flags override)")
+    what.add_argument(
+        "--max-pixels", type=argtypes.int_at_least(64), metavar="N",
+        help="refuse input images larger than N pixels, read from their headers (default: 8192x8192)",
+    )  # fmt: skip
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
@@ -60,7 +64,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     sampling.add_argument(
         "--guidance-scale", "--cfg-scale", dest="guidance_scale", type=argtypes.non_negative_float, metavar="CFG",
-        help="how strongly to follow the prompt (7.5; 1 or less turns guidance off)",
+        help="how strongly to follow the prompt, up to 100 (7.5; 1 or less turns guidance off)",
     )  # fmt: skip
     sampling.add_argument(
         "--scheduler", "--sampler", dest="scheduler", metavar="NAME",
@@ -85,7 +89,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--clip-skip", type=argtypes.int_at_least(1), metavar="N",
         help="as in A1111: 1 uses the text encoder's last layer, 2 the one before it, ...",
     )  # fmt: skip
-    sampling.add_argument("--eta", type=argtypes.non_negative_float, metavar="ETA", help="DDIM eta (0)")
+    sampling.add_argument("--eta", type=argtypes.non_negative_float, metavar="ETA", help="DDIM eta, 0..1 (0)")
     sampling.add_argument(
         "-W", "--width", type=argtypes.int_at_least(8), metavar="PX", help="resize inputs to this width"
     )
@@ -154,9 +158,21 @@ class _Plan:
 def run(args: argparse.Namespace) -> int:
     """Check everything, load the model, then make and save the images one by one."""
     plan = _plan(args)
+    route_library_warnings()
+    written: list[Path] = []
+    try:
+        _load_and_generate(plan, args, written)
+    finally:
+        if not written:
+            plan.namer.discard_if_unused()
+    return 0
+
+
+def _load_and_generate(plan: _Plan, args: argparse.Namespace, written: list[Path]) -> None:
     import torch
 
     from .component_options import apply_component_options, load_components
+    from .model_check import check_clip_skip_flag
     from .pipeline_setup import apply_options, load_pipeline
 
     settings = plan.settings
@@ -167,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     apply_component_options(pipe, plan.components)
     pipe = pipe.to(plan.device)
+    layers = getattr(getattr(pipe.text_encoder, "config", None), "num_hidden_layers", None)
+    check_clip_skip_flag(settings.clip_skip, layers)  # when the config could not be read before loading
     apply_options(
         pipe,
         scheduler=settings.scheduler,
@@ -177,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if settings.seed < 0 and not args.quiet:
         print(f"depth2img: random seed {plan.seed}", file=sys.stderr)
-    written: list[Path] = []
     try:
         _generate(pipe, plan, args, written)
     except KeyboardInterrupt:
@@ -191,12 +208,11 @@ def run(args: argparse.Namespace) -> int:
             "--vae-tiling, smaller -W/-H, or --dtype float16",
             EXIT_FAILURE,
         ) from None
-    return 0
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
     from .component_options import component_choice
-    from .inputs import load_depth_map
+    from .inputs import announce_size_rounding, check_resized_sizes, load_depth_map
     from .outputs import OutputNamer
     from .pipeline_setup import check_adapter_support, check_model
 
@@ -205,12 +221,16 @@ def _plan(args: argparse.Namespace) -> _Plan:
     settings.depth_model, settings.vae = components.depth_model, components.vae  # recorded as resolved
     if settings.vae_tiling and not components.vae_can_tile:
         raise CliError("--vae-tiling does not work with TAESD (--vae): it has no tiled decoding; drop one of them")
-    images = _input_images(settings)
+    _check_numbers(settings)
+    images = _input_images(settings, args.max_pixels)
+    announce_size_rounding(settings.width, settings.height)
+    check_resized_sizes(images, settings.width, settings.height, args.max_pixels)
     user_depth = None
     if settings.depth_map:
         if len(images) != 1:
             raise CliError(f"--depth-map goes with exactly one input image, but {len(images)} were given")
-        user_depth = load_depth_map(Path(settings.depth_map).expanduser())
+        user_depth = load_depth_map(Path(settings.depth_map).expanduser(), max_pixels=args.max_pixels)
+        _check_depth_fits(user_depth, images[0], settings)
         settings.depth_map = str(Path(settings.depth_map).expanduser().resolve())
     settings.images = [str(path.resolve()) for path in images]
     total = len(images) * len(settings.prompts) * settings.num_images
@@ -223,10 +243,10 @@ def _plan(args: argparse.Namespace) -> _Plan:
     settings.embeddings = [(str(Path(p).expanduser().resolve()), token) for p, token in settings.embeddings]
     check_adapter_support(settings.loras, settings.embeddings)
     namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
-    namer.prepare()
     source = check_model(settings.model, args.offline)
-    if args.low_memory:
+    if args.low_memory:  # flag combinations first: no file needs reading to refuse them
         _check_low_memory(source, settings)
+    _check_against_model(source, settings)
     if source.kind != "repo":
         settings.model = source.location
     from .devices import dtype_name, resolve_dtype  # imports torch: after the cheap checks
@@ -234,18 +254,60 @@ def _plan(args: argparse.Namespace) -> _Plan:
     device = _device(settings)
     dtype = resolve_dtype(settings.dtype, device)
     settings.device, settings.dtype = str(device), dtype_name(dtype)
+    namer.prepare()  # last: a run refused by any check above creates no output folder
     return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source, components)
 
 
-def _input_images(settings: GenerateSettings) -> list[Path]:
+def _check_numbers(settings: GenerateSettings) -> None:
+    """The pipeline's own checks of strength, steps, guidance and eta, run on the flags (and a --from-png record)
+    before anything loads: the same sentences as the Python API."""
+    from ..call_checks import check_finite_numbers, check_steps_and_strength
+    from ..errors import as_user_errors
+
+    as_user_errors(check_finite_numbers)(
+        strength=settings.strength, guidance_scale=settings.guidance_scale, eta=settings.eta
+    )
+    as_user_errors(check_steps_and_strength)(settings.steps, settings.strength, None)
+
+
+def _check_against_model(source: Any, settings: GenerateSettings) -> None:
+    """What the model's configs can tell before it loads: --steps within its training steps, --clip-skip within
+    its text encoder, LoRAs and embeddings that fit its shapes."""
+    from ..call_checks import check_steps_and_strength
+    from ..errors import as_user_errors
+    from .model_check import check_adapters_fit, check_clip_skip_flag, text_encoder_layers, train_steps
+
+    as_user_errors(check_steps_and_strength)(settings.steps, settings.strength, train_steps(source))
+    check_clip_skip_flag(settings.clip_skip, text_encoder_layers(source))
+    check_adapters_fit(source, settings.loras, settings.embeddings)
+
+
+def _check_depth_fits(depth: Any, image: Path, settings: GenerateSettings) -> None:
+    """A --depth-map file must have about the aspect ratio of the image it goes with (see call_checks)."""
+    import torch
+
+    from ..call_checks import check_depth_magnitude, depth_aspect_mismatch
+    from ..errors import as_user_errors
+    from .inputs import check_image, target_size
+
+    as_user_errors(check_depth_magnitude)(torch.from_numpy(depth))
+
+    size = check_image(image)
+    size = target_size(size, settings.width, settings.height) or size
+    message = depth_aspect_mismatch(depth.shape[:2], (size[1], size[0]))
+    if message:
+        raise CliError(f"--depth-map: {settings.depth_map}: {message}")
+
+
+def _input_images(settings: GenerateSettings, max_pixels: int | None = None) -> list[Path]:
     from .inputs import collect_images, file_sha256
 
     if "images" not in settings.from_record:
-        return collect_images(settings.images)
+        return collect_images(settings.images, max_pixels=max_pixels)
     recorded = Path(settings.images[0])
     if not recorded.is_file():
         raise CliError(f"--from-png: the input image it was made from, {recorded}, is gone; pass it with -i PATH")
-    images = collect_images([str(recorded)])
+    images = collect_images([str(recorded)], max_pixels=max_pixels)
     if settings.record.get("image_sha256") not in (None, file_sha256(recorded)):
         warn(f"{recorded} has changed since the PNG was made; the result will differ")
     return images

@@ -14,9 +14,10 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..utils.files import remove_stale_temp_files
 from .errors import CliError
 
-__all__ = ["OutputNamer", "ensure_writable_folder"]
+__all__ = ["OutputNamer", "ensure_writable_folder", "missing_folders", "remove_empty_folders"]
 
 PATTERN_FIELDS = ("index", "seed", "stem", "prompt")
 _NUMBERED = re.compile(r"^(\d{5,})-")
@@ -52,17 +53,43 @@ class OutputNamer:
             raise CliError(f"--output: fields like {{seed}} belong in the file name, not the folder: {output!r}")
 
     def prepare(self) -> None:
-        """Create the folder, check it is writable, and find the first free number (folder mode)."""
+        """Create the folder, check it is writable, remove our stale temporary files from it (see
+        ``depth2img.utils.files.remove_stale_temp_files``), and find the first free number (folder mode)."""
+        self._created = missing_folders(self.folder)
         ensure_writable_folder(self.folder)
         if not self.is_pattern:
             numbers = [int(m.group(1)) for p in self.folder.iterdir() if (m := _NUMBERED.match(p.name))]
             self._first_number = max(numbers, default=-1) + 1
+
+    def discard_if_unused(self) -> None:
+        """Remove the folders ``prepare`` created if they are still empty: a run that failed before writing
+        anything (a model that could not be downloaded) leaves no empty output folder behind."""
+        remove_empty_folders(getattr(self, "_created", []))
 
     def path_for(self, index: int, seed: int, image: Path, prompt: str) -> Path:
         """The file for image ``index`` of the run."""
         if not self.is_pattern:
             return self.folder / f"{self._first_number + index:05d}-{seed}.png"
         return self.folder / self.pattern.format(index=index, seed=seed, stem=image.stem, prompt=_slug(prompt))
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, outermost first (what creating it will add)."""
+    missing = []
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    return missing[::-1]
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Remove ``created`` folders (outermost first, as ``missing_folders`` lists them) that are still empty."""
+    for folder in reversed(created):  # deepest first
+        try:
+            folder.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            return
 
 
 def _slug(text: str, limit: int = 48) -> str:
@@ -72,7 +99,8 @@ def _slug(text: str, limit: int = 48) -> str:
 
 
 def ensure_writable_folder(folder: Path, flag: str = "--output") -> None:
-    """Create ``folder`` if needed and prove we can write there, before any model is loaded."""
+    """Create ``folder`` if needed and prove we can write there, before any model is loaded; remove the stale
+    temporary files of ours that a killed run left there."""
     if folder.exists() and not folder.is_dir():
         raise CliError(f"{flag}: {folder} exists and is not a folder")
     try:
@@ -82,3 +110,4 @@ def ensure_writable_folder(folder: Path, flag: str = "--output") -> None:
         os.unlink(probe)
     except OSError as error:
         raise CliError(f"{flag}: cannot write to folder {folder} ({error.strerror or error})") from None
+    remove_stale_temp_files(folder)  # what a killed earlier run left (see depth2img.utils.files)

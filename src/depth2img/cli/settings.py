@@ -72,7 +72,7 @@ class GenerateSettings:
     width: int | None
     height: int | None
     loras: list[tuple[str, float]]
-    embeddings: list[str]
+    embeddings: list[tuple[str, str | None]]
     device: str
     dtype: str
     attention_slicing: bool
@@ -107,8 +107,71 @@ def resolve_settings(args: argparse.Namespace) -> GenerateSettings:
         raise CliError("generate needs a prompt: -p/--prompt TEXT (or --from-png FILE to repeat a run)")
     if "images" not in values:
         raise CliError("generate needs an input image: -i/--image FILE or FOLDER (or --from-png FILE)")
+    _check_record_types(values, from_record, args.from_png)
     values["loras"] = [tuple(item) for item in values["loras"]]
+    values["embeddings"] = [tuple(item) for item in values["embeddings"]]
     return GenerateSettings(**values, from_record=from_record, record=record)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optional(check: Any) -> Any:
+    return lambda value: value is None or check(value)
+
+
+def _pairs(second: Any) -> Any:
+    """A list of [path, x] pairs, as a record stores --lora (x: scale) and --embedding (x: token or null)."""
+    return lambda value: (
+        isinstance(value, list)
+        and all(
+            isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str) and second(item[1])
+            for item in value
+        )
+    )
+
+
+# What each setting must be. Typed flags went through argparse already; a --from-png record is only JSON that
+# anyone can edit, so its values are checked here, before any of them is used.
+_SETTING_TYPES: dict[str, tuple[Any, str]] = {
+    "prompts": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a string"),
+    "images": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v), "a file path"),
+    "model": (lambda v: isinstance(v, str) and bool(v), "a model path or repo id"),
+    "negative_prompt": (lambda v: isinstance(v, str), "a string"),
+    "depth_map": (_optional(lambda v: isinstance(v, str) and bool(v)), "a file path or null"),
+    "strength": (_is_number, "a number in [0, 1]"),
+    "steps": (_is_int, "an integer"),
+    "guidance_scale": (_is_number, "a number"),
+    "scheduler": (_optional(lambda v: isinstance(v, str)), "a scheduler name or null"),
+    "seed": (lambda v: _is_int(v) and -1 <= v < 2**63, "-1 or an integer in [0, 2**63)"),
+    "num_images": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "clip_skip": (_optional(lambda v: _is_int(v) and v >= 1), "a positive integer or null"),
+    "eta": (_is_number, "a number"),
+    "width": (_optional(lambda v: _is_int(v) and v >= 8), "an integer >= 8 or null"),
+    "height": (_optional(lambda v: _is_int(v) and v >= 8), "an integer >= 8 or null"),
+    "loras": (_pairs(_is_number), "a list of [path, scale] pairs"),
+    "embeddings": (_pairs(_optional(lambda v: isinstance(v, str))), "a list of [path, token or null] pairs"),
+    "device": (lambda v: isinstance(v, str), "a device name"),
+    "dtype": (lambda v: isinstance(v, str), "a dtype name"),
+    "attention_slicing": (lambda v: isinstance(v, bool), "true or false"),
+    "vae_tiling": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _check_record_types(values: dict[str, Any], from_record: set[str], png: str | None) -> None:
+    """Refuse a --from-png record whose values have the wrong type (a tampered or foreign PNG), naming the key."""
+    for name in sorted(from_record):
+        check, expected = _SETTING_TYPES.get(name, (lambda v: True, ""))
+        value = values[name][0] if name in ("prompts", "images") else values[name]
+        if not check(values[name]):
+            raise CliError(
+                f"--from-png: {png} has a bad {name!r} in its depth2img parameters: {value!r:.80}; expected {expected}"
+            )
 
 
 def image_record(settings: GenerateSettings, *, prompt: str, image: Path, seed: int, **extra: Any) -> dict[str, Any]:

@@ -51,7 +51,8 @@ def load_depth_estimator(
     if notice:
         warnings.warn(notice, stacklevel=2)
     options = {"local_files_only": local_files_only, **hub_options}
-    processor = AutoImageProcessor.from_pretrained(name_or_path, **options)
+    # the PIL processor: no torchvision needed (transformers 5.6-5.x pick a torchvision "fast" one by default)
+    processor = AutoImageProcessor.from_pretrained(name_or_path, use_fast=False, **options)
     model = AutoModelForDepthEstimation.from_pretrained(
         name_or_path, **{transformers_dtype_keyword(): dtype}, **options
     ).eval()

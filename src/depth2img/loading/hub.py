@@ -14,12 +14,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import MissingFileError, ModelUnavailableError
+
 __all__ = ["ModelFilesNotFoundError", "download_hint", "hub_offline", "is_local_folder", "resolve_folder"]
 
 _TRUE = ("1", "true", "yes", "on")
 
 
-class ModelFilesNotFoundError(FileNotFoundError):
+class ModelFilesNotFoundError(ModelUnavailableError):
     """The requested model files are neither in a local folder nor obtainable from the Hub right now."""
 
 
@@ -40,7 +42,8 @@ def download_hint(repo_id: str) -> str:
     """The sentence that tells a user how to make ``repo_id`` available offline."""
     return (
         f"download it while online with `hf download {repo_id}` (older huggingface_hub: "
-        f"`huggingface-cli download {repo_id}`), or pass the path of a local folder in the diffusers layout"
+        f"`huggingface-cli download {repo_id}`), or pass the path of a local folder in the diffusers layout; to "
+        "try depth2img offline, make a random-weights model with `depth2img random-model DIR` and pass `-m DIR`"
     )
 
 
@@ -62,7 +65,7 @@ def resolve_folder(
     if isinstance(name_or_path, os.PathLike) or is_local_folder(name_or_path):
         folder = Path(name_or_path).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"model folder not found: {folder}")
+            raise MissingFileError(f"model folder not found: {folder}")
         return _subfolder(folder, subfolder, str(name_or_path))
     repo_id = str(name_or_path)
     _check_repo_id(repo_id)
@@ -76,7 +79,7 @@ def _subfolder(folder: Path, subfolder: str | None, shown_name: str) -> Path:
         return folder
     path = folder / subfolder
     if not path.is_dir():
-        raise FileNotFoundError(f"{shown_name} has no subfolder {subfolder!r} (looked in {path})")
+        raise MissingFileError(f"{shown_name} has no subfolder {subfolder!r} (looked in {path})")
     return path
 
 
@@ -86,7 +89,7 @@ def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{repo_id!r} is neither an existing local folder nor a Hugging Face Hub repo id (like "
             "'sd2-community/stable-diffusion-2-depth')"
         ) from None

@@ -16,7 +16,6 @@ processor from shipped files. Steps:
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ..components import COMPONENT_NAMES
 from ..configuration import load_json
+from ..errors import MissingFileError
 from ..utils.arguments import refuse_unknown_arguments
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
 from .empty_init import parameters_on_meta
@@ -80,14 +80,14 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     """Open an original checkpoint as ``{key: tensor}``; the format is detected from the file's content."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     with path.open("rb") as file:
         head = file.read(9)
     # safetensors first: its header length may well start with the byte 0x80 that also opens a pickle.
     if _looks_like_safetensors(head, path.stat().st_size):
         return SafetensorsCheckpoint(path)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save: zip archive, or a legacy raw pickle
-        return _read_torch(path, zipped=zipfile.is_zipfile(path))
+        return _read_torch(path)
     raise InvalidWeightsError(f"{path} is neither a safetensors file nor a PyTorch checkpoint (.ckpt/.pt/.pth)")
 
 
@@ -99,20 +99,10 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return 2 <= header_length <= min(size - 8, _SAFETENSORS_MAX_HEADER) and head[8:9] == b"{"
 
 
-def _read_torch(path: Path, zipped: bool) -> dict[str, torch.Tensor]:
-    try:
-        # weights_only: only tensors and plain containers are unpickled, never code. mmap needs the zip format.
-        if path.name.endswith(".safetensors"):  # torch.load would hand such a name to safetensors: pass a file
-            with path.open("rb") as file:
-                loaded = torch.load(file, map_location="cpu", weights_only=True)
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
-    except Exception as error:  # UnpicklingError, RuntimeError, EOFError...: all mean "not readable safely"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidWeightsError(
-            f"{path} could not be read with torch.load(weights_only=True), which refuses anything but tensors "
-            f"so that no code in the file runs: {reason}"
-        ) from None
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    from .torch_files import safe_torch_load
+
+    loaded = safe_torch_load(path, "checkpoint")  # weights_only: tensors and plain containers, never code
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]  # PyTorch Lightning checkpoints wrap the weights
     if not isinstance(loaded, Mapping):

@@ -23,14 +23,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..errors import MissingFileError
 from ..utils.files import atomic_path, atomic_write_text
+from .torch_files import InvalidWeightsError
 
 __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
@@ -65,11 +66,7 @@ _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)", re.IGNORECASE)
 _READ_CHUNK_BYTES = 16 << 20  # working set of a converting read: bounded, and large enough for fast reads
 
 
-class InvalidWeightsError(ValueError):
-    """A weights file that cannot be read, or whose tensors do not fit the model."""
-
-
-class VariantNotFoundError(FileNotFoundError, ValueError):
+class VariantNotFoundError(MissingFileError, ValueError):
     """No weights of the requested ``variant``. Both a ``FileNotFoundError`` (a file is missing: what depth2img
     raised before) and a ``ValueError`` (what diffusers raises for it), so code written for either catches it."""
 
@@ -189,7 +186,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read one weights file (safetensors or ``.bin``) on the CPU; one clear error naming a bad file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise MissingFileError(f"weights file not found: {path}")
     if path.suffix == SAFETENSORS:
         return _read_safetensors(path)
     if path.suffix in (PICKLE, ".pt", ".pth"):
@@ -220,15 +217,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        # mmap avoids a second copy; only zip archives (torch.save since 1.6) support it.
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as error:  # torch raises several unrelated types (UnpicklingError, RuntimeError, EOFError...)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidWeightsError(
-            f"{path} could not be read as a PyTorch weights file with weights_only=True (nothing but tensors is "
-            f"unpickled, for safety): {reason}"
-        ) from None
+    from .torch_files import safe_torch_load
+
+    loaded = safe_torch_load(path, "PyTorch weights file")
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise InvalidWeightsError(f"{path} does not hold a flat mapping of names to tensors")
     return dict(loaded)

@@ -1,14 +1,39 @@
-"""Atomic file writes: a crash never leaves a half-written output behind."""
+"""Atomic file writes: a crash never leaves a half-written output behind.
+
+A write goes to a hidden temporary file beside the target, ``.NAME.<pid>-XXXXXXXX.tmp`` (the writer's process
+id, then mkstemp's random part), renamed over the target when complete. A process killed mid-write (SIGKILL,
+power loss) cannot delete its temporary file; :func:`remove_stale_temp_files` does, on the next run into that
+folder. A temporary file is stale when its writer's process no longer exists on this machine, or, when that
+cannot be told (a name without a pid, a pid of another user's process), when it is older than
+``STALE_TEMP_SECONDS`` (one hour, longer than any single write takes). Only names of exactly our pattern are
+touched.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+from ..errors import OutputWriteError
+
+__all__ = [
+    "STALE_TEMP_SECONDS",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "remove_stale_temp_files",
+]
+
+STALE_TEMP_SECONDS = 3600
+# .NAME.<pid>-XXXXXXXX.tmp, and the older .NAME.XXXXXXXX.tmp; mkstemp's random part is 8 of [a-z0-9_].
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
+_FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _new_file_mode() -> int:
@@ -31,17 +56,61 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, _NEW_FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(error, OSError) and error.errno in _FULL_DISK:
+            failure = OutputWriteError(
+                f"cannot write {path}: no space left on the device (nothing was written); free some space or "
+                "write elsewhere"
+            )
+            failure.errno = error.errno
+            raise failure from None
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the stale temporary files :func:`atomic_path` left in ``folder`` (see the module's docstring);
+    returns what was removed. Files of other programs, and temporary files still being written, stay."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if not match or not entry.is_file() or entry.is_symlink():
+            continue
+        pid = int(match["pid"]) if match["pid"] else None
+        try:
+            old = now - entry.stat().st_mtime > STALE_TEMP_SECONDS
+            if _process_gone(pid) or old:
+                entry.unlink()
+                removed.append(entry)
+        except OSError:
+            continue  # gone already, or not ours to delete
+    return removed
+
+
+def _process_gone(pid: int | None) -> bool:
+    """True only when we know no process ``pid`` exists here (signal 0 probes without signalling)."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False  # exists but is another user's, or cannot be told: fall back to the age rule
+    return False
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
