@@ -28,6 +28,7 @@ from .adapters import LoraLoaderMixin, TextualInversionLoaderMixin
 from .call_checks import CALLBACK_TENSOR_INPUTS, CallArguments, CallPlan, check_call
 from .components import COMPONENT_NAMES, LARGE_MODELS
 from .depth import estimate_depth, normalize_depth
+from .errors import as_user_errors
 from .images import LATENT_CHANNELS, ImageBatch, images_to_tensor, postprocess, to_uint8_images
 from .models import use_reference_arithmetic
 from .offload import LowMemoryGroup, ModelWeights, enable_low_memory
@@ -142,6 +143,7 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         order = (*LARGE_MODELS, "preview_vae")
         return [m for m in (getattr(self, name) for name in order) if isinstance(m, torch.nn.Module)]
 
+    @as_user_errors  # a bad device or dtype is the caller's mistake: UserInputError / UserTypeError
     def to(self, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move (and/or cast) every model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``,
         ``pipe.to("cuda", torch.float16)`` or with keywords. Returns the pipeline."""
