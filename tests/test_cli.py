@@ -224,10 +224,14 @@ def test_ctrl_c_mid_batch_keeps_finished_images_and_exits_130(tiny_model, photo,
     process = subprocess.Popen(
         [*command, *FAST, "-n", "1000", "-s", "0", "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+        # as from a terminal: a shell without job control starts background commands with SIGINT ignored, and a
+        # child would inherit that from a test run launched so (then Ctrl-C never reaches it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 600  # the first image: seconds alone, minutes on a busy machine
     while not list(out.glob("*.png")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
+    assert list(out.glob("*.png")), "no image was written before the deadline"
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
