@@ -1,4 +1,4 @@
-"""The ``depth2img`` command: ``generate``, ``depth``, ``random-model`` and ``info``.
+"""The ``depth2img`` command: ``generate``, ``depth``, ``serve``, ``random-model`` and ``info``.
 
 Each subcommand lives in its own module with ``add_parser(subparsers, parents)`` and ``run(args) -> int``.
 Modules import torch and the models only inside ``run``, so ``--help`` and argument errors are instant.
@@ -14,12 +14,12 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import depth_cmd, generate, info, random_model_cmd
+from . import depth_cmd, generate, info, random_model_cmd, serve_cmd
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliArgumentParser, CliError
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (generate, depth_cmd, random_model_cmd, info)
+SUBCOMMANDS = (generate, depth_cmd, serve_cmd, random_model_cmd, info)
 
 
 def build_parser() -> argparse.ArgumentParser:
