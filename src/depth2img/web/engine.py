@@ -29,7 +29,7 @@ from ..cli.inputs import file_sha256
 from ..cli.outputs import OutputNamer
 from ..cli.settings import GENERATION_DEFAULTS, GenerateSettings, image_record
 from ..utils.files import atomic_write_bytes
-from .options import MAX_IMAGES_PER_RUN, MAX_OUTPUT_SIDE, ServeOptions
+from .options import MAX_IMAGES_PER_RUN, MAX_OUTPUT_SIDE, MAX_STEPS, ServeOptions
 from .uploads import checked_upload, output_size, read_depth_map, read_image
 
 __all__ = ["DepthResult", "Engine", "GenerateRequest", "Progress", "RunStopped"]
@@ -106,7 +106,7 @@ class Engine:
         if not request.prompt or not request.prompt.strip():
             raise CliError("prompt: type what the new image should show")
         _check_range("strength", request.strength, 0.0, 1.0, low_open=True)
-        _check_range("steps", request.steps, 1, 1000)
+        _check_range("steps", request.steps, 1, MAX_STEPS)
         _check_range("guidance scale", request.guidance_scale, 0.0, 50.0)
         _check_range("number of images", request.num_images, 1, MAX_IMAGES_PER_RUN)
         _check_range("size", request.long_side, 64, MAX_OUTPUT_SIDE)

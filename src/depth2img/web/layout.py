@@ -8,18 +8,17 @@ Element ids are stable, for tests and for users' own scripts: ``prompt``, ``nega
 
 from __future__ import annotations
 
-from typing import Any
-
 import gradio as gr
 
 from ..cli.settings import GENERATION_DEFAULTS
 from ..schedulers.registry import scheduler_names
+from .components import UploadedImage
 from .engine import Engine
 from .handlers import Handlers
-from .options import DEFAULT_OUTPUT_SIDE, MAX_IMAGES_PER_RUN, MAX_OUTPUT_SIDE
+from .options import DEFAULT_OUTPUT_SIDE, MAX_IMAGES_PER_RUN, MAX_OUTPUT_SIDE, MAX_STEPS
 from .sessions import Sessions
 
-__all__ = ["CSS", "UploadedImage", "build_app"]
+__all__ = ["CSS", "build_app"]
 
 MODEL_QUEUE = "model"  # generation and depth estimation share the one loaded model: one job at a time
 
@@ -29,26 +28,6 @@ CSS = """
 .seed-buttons button { min-width: 2.5em; max-width: 3.5em; }
 footer { display: none !important; }
 """
-
-
-class UploadedImage(gr.Image):
-    """``gr.Image`` whose value reaches the handler as the uploaded file's path, unread.
-
-    ``gr.Image`` itself opens every upload with PIL before the handler runs, so an unreadable file, a
-    decompression bomb or an odd mode would fail inside gradio with gradio's words. Here the handler checks
-    the byte size and the header first and reads the pixels with the command line's reader. gradio still
-    refuses any path that was not uploaded through it, so no server path is ever taken from a client.
-    ``is_template`` makes gradio draw it with ``gr.Image``'s own front-end component.
-    """
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> str | None:
-        if payload is None:
-            return None
-        if payload.path is None:  # a data: URL; browsers and gradio_client upload files instead
-            raise gr.Error("image: send the image as a file upload", print_exception=False)
-        return str(payload.path)
 
 
 def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
@@ -88,7 +67,7 @@ def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
                                 label="Strength",
                                 elem_id="strength",
                             )
-                            steps = gr.Slider(1, 150, value=25, step=1, label="Steps", elem_id="steps")
+                            steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
                         with gr.Row():
                             guidance = gr.Slider(
                                 0.0,
@@ -98,11 +77,11 @@ def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
                                 label="Guidance (CFG)",
                                 elem_id="guidance",
                             )
-                            sampler = gr.Dropdown(samplers, value="", label="Sampler", elem_id="sampler")
-                        with gr.Row():
-                            seed = gr.Number(
-                                value=-1, precision=0, label="Seed (-1: random)", elem_id="seed", scale=4
+                            sampler = gr.Dropdown(
+                                samplers, value="", label="Sampler", elem_id="sampler", allow_custom_value=True
                             )
+                        with gr.Row():
+                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed", scale=4)
                             with gr.Column(scale=1, min_width=100, elem_classes="seed-buttons"):
                                 random_seed = gr.Button("🎲", elem_id="random-seed", size="sm")
                                 reuse_seed = gr.Button("♻️", elem_id="reuse-seed", size="sm")

@@ -21,6 +21,7 @@ DEFAULT_QUEUE_SIZE = 16
 MAX_OUTPUT_SIDE = 2048  # the longest side a generated image may have (compute and memory grow with its square)
 DEFAULT_OUTPUT_SIDE = 512  # the size the published model was trained at
 MAX_IMAGES_PER_RUN = 8
+MAX_STEPS = 150  # as in A1111
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,21 @@ def checked_upload(path: str | Path, what: str, *, max_bytes: int, max_pixels: i
             f"{what}: {path.name} is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,} "
             "(--max-pixels)"
         )
+    if _turned_sideways(path):  # EXIF says rotate by 90°: the upright image is height × width
+        width, height = height, width
     return width, height
+
+
+def _turned_sideways(path: Path) -> bool:
+    """Whether the EXIF orientation, as ``ImageOps.exif_transpose`` reads it, turns the image by 90°.
+
+    Called after the pixel-count check: for a PNG, PIL may decode the image to find an eXIf chunk after the
+    pixels. A file that fails here is reported by the reader later, in the command line's words."""
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def output_size(original: tuple[int, int], long_side: int) -> tuple[int, int]:
