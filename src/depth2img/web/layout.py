@@ -8,6 +8,8 @@ Element ids are stable, for tests and for users' own scripts: ``prompt``, ``nega
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from ..cli.settings import GENERATION_DEFAULTS
@@ -25,7 +27,7 @@ MODEL_QUEUE = "model"  # generation and depth estimation share the one loaded mo
 CSS = """
 #generate { min-height: 3em; }
 #status { min-height: 1.5em; }
-.seed-buttons button { min-width: 2.5em; max-width: 3.5em; }
+.seed-buttons { gap: 4px; justify-content: center; }
 footer { display: none !important; }
 """
 
@@ -36,7 +38,8 @@ def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
     samplers = [("model's own", "")] + [(name, name) for name in scheduler_names()]
     with gr.Blocks(title="depth2img") as app:
         gr.Markdown(
-            f"## depth2img\nNew images from a photo and a prompt, keeping the photo's depth · `{engine.model_label}`"
+            f"## depth2img\nNew images from a photo and a prompt, keeping the photo's depth · model "
+            f"`{Path(engine.model_label).name}`"  # a folder's name, not the server's path to it
         )
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate-tab"), gr.Row():
@@ -83,8 +86,8 @@ def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
                         with gr.Row():
                             seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed", scale=4)
                             with gr.Column(scale=1, min_width=100, elem_classes="seed-buttons"):
-                                random_seed = gr.Button("🎲", elem_id="random-seed", size="sm")
-                                reuse_seed = gr.Button("♻️", elem_id="reuse-seed", size="sm")
+                                random_seed = gr.Button("Random", elem_id="random-seed", size="sm")
+                                reuse_seed = gr.Button("Reuse last", elem_id="reuse-seed", size="sm")
                         with gr.Row():
                             num_images = gr.Slider(
                                 1, MAX_IMAGES_PER_RUN, value=1, step=1, label="Images", elem_id="num-images"
@@ -95,7 +98,7 @@ def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
                                 MAX_OUTPUT_SIDE,
                                 value=DEFAULT_OUTPUT_SIDE,
                                 step=8,
-                                label="Size (longer side, px)",
+                                label="Size (long side)",
                                 elem_id="size",
                             )
                     with gr.Accordion("Depth map", open=False):
