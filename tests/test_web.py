@@ -378,3 +378,39 @@ def test_auth_is_required_when_set(engine):
         api = gradio_client.Client(server.url, verbose=False, auth=("ada", "lovelace"))
         files, _ = run(api, *generate_args(ROOM, steps=2))
         assert len(files) == 1
+
+
+def test_serve_command_prints_the_url_and_serves(engine, tmp_path):
+    """`depth2img serve` as a user starts it: the URL on stdout, the page served, Ctrl-C ends it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from web_helpers import free_port
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [sys.executable, "-m", "depth2img", "serve", "-m", engine.model_label, "--port", str(port),
+               "--device", "cpu", "--outdir", str(tmp_path / "kept")]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            url = process.stdout.readline().strip()
+            assert url == f"http://127.0.0.1:{port}/", url or process.stderr.read()
+            assert httpx.get(url, timeout=30).status_code == 200
+            assert (tmp_path / "kept").is_dir()  # --outdir is checked (created, writable) before the model loads
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+    assert process.returncode in (0, -signal.SIGINT, 130)
+
+
+def test_serve_flags_are_checked_before_loading(capsys, tmp_path):
+    assert main(["serve", "--auth", "nopassword"]) == 2
+    assert "--auth" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["serve", "-m", str(tmp_path / "missing-model"), "--outdir", str(tmp_path / "file")]) == 2
+    error = capsys.readouterr().err
+    assert "--outdir" in error and "is not a folder" in error

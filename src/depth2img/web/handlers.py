@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import torch
 from PIL import Image
 
 from ..cli.errors import CliError
@@ -110,6 +111,12 @@ class Handlers:
         except RunStopped:
             yield list(made), first_seed, f"Stopped: kept {len(made)} of {run.num_images} images."
             return
+        except torch.OutOfMemoryError:  # the CLI's advice, in the controls' words
+            raise gr.Error(
+                f"out of memory on {self.engine.pipe.device} after {len(made)} of {run.num_images} images; "
+                "try a smaller size or fewer images",
+                print_exception=False,
+            ) from None
         yield (
             list(made),
             first_seed,
