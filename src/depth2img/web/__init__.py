@@ -4,5 +4,6 @@ UI only: every image, depth map, PNG record and error sentence comes from the sa
 uses (``depth2img.cli``), so a picture made in the browser carries the parameters ``generate --from-png``
 replays. Modules: ``options`` (the server's settings), ``uploads`` (checking what a browser sends),
 ``engine`` (the model and one run), ``sessions`` (per-browser state), ``handlers`` (gradio callbacks),
-``layout`` (the page) and ``server`` (load, build, launch). Nothing here imports gradio at package import.
+``components`` (an upload that reaches the handler unread), ``layout`` (the page) and ``server`` (load,
+build, launch). Nothing here imports gradio at package import.
 """

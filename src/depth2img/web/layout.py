@@ -36,7 +36,8 @@ def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
     """The gradio Blocks app (not yet queued or launched)."""
     handlers = Handlers(engine, sessions)
     samplers = [("model's own", "")] + [(name, name) for name in scheduler_names()]
-    with gr.Blocks(title="depth2img") as app:
+    # gradio keeps every result it served in its cache: files older than a day go, checked hourly
+    with gr.Blocks(title="depth2img", delete_cache=(3600, 86400)) as app:
         gr.Markdown(
             f"## depth2img\nNew images from a photo and a prompt, keeping the photo's depth · model "
             f"`{Path(engine.model_label).name}`"  # a folder's name, not the server's path to it
