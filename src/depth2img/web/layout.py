@@ -124,6 +124,7 @@ def build_app(engine: Engine, sessions: Sessions) -> gr.Blocks:
                         image_mode=None,
                         sources=["upload", "clipboard"],
                         elem_id="png-info-image",
+                        height=360,
                     )
                     send = gr.Button("Send to Generate", variant="primary", elem_id="send-to-generate")
                 with gr.Column():
