@@ -1,4 +1,4 @@
-"""The ``depth2img`` command: ``generate``, ``depth``, ``random-model`` and ``info``.
+"""The ``depth2img`` command: ``generate``, ``depth``, ``serve``, ``random-model`` and ``info``.
 
 Each subcommand lives in its own module, named after it (``random-model``: ``random_model.py``), with
 ``add_parser(subparsers, parents)`` and ``run(args) -> int``.
@@ -17,12 +17,12 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import Depth2ImgError, exit_status, one_line
-from . import depth, generate, info, random_model
+from . import depth, generate, info, random_model, serve
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliArgumentParser, CliError
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (generate, depth, random_model, info)
+SUBCOMMANDS = (generate, depth, serve, random_model, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

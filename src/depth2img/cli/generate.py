@@ -393,8 +393,13 @@ def _depths_of_the_run(pipe: Any, plan: _Plan) -> dict[Path, Any]:
     return depths
 
 
-def _one_image(pipe: Any, settings: GenerateSettings, image: Any, depth: Any, prompt: str, seed: int) -> Any:
-    """One pipeline call with its own generator, so this image depends on ``seed`` alone."""
+def _one_image(
+    pipe: Any, settings: GenerateSettings, image: Any, depth: Any, prompt: str, seed: int, **pipe_options: Any
+) -> Any:
+    """One pipeline call with its own generator, so this image depends on ``seed`` alone.
+
+    ``pipe_options`` go to the call as they are (the web app passes ``callback_on_step_end`` for progress/stop).
+    """
     import torch
 
     # A1111 counts clip skip from 1 (= the last layer); the pipeline, like diffusers, counts layers skipped.
@@ -411,6 +416,7 @@ def _one_image(pipe: Any, settings: GenerateSettings, image: Any, depth: Any, pr
         generator=torch.Generator("cpu").manual_seed(seed),  # CPU noise: the same on every device
         clip_skip=clip_skip,
         output_type="pil",
+        **pipe_options,
     ).images[0]
 
 
