@@ -414,3 +414,29 @@ def test_serve_flags_are_checked_before_loading(capsys, tmp_path):
     assert main(["serve", "-m", str(tmp_path / "missing-model"), "--outdir", str(tmp_path / "file")]) == 2
     error = capsys.readouterr().err
     assert "--outdir" in error and "is not a folder" in error
+
+
+def test_depth_model_flags_reach_the_web_like_the_command_line(tmp_path, capsys):
+    """`serve --depth-model` loads that estimator once; the web's image and PNG record equal `generate
+    --depth-model`'s (the flags come from the same helper, cli/component_options.py)."""
+    from depth_models_tiny import saved
+
+    depth_model = saved("zoedepth")
+    engine = load_tiny_engine(tmp_path / "tiny-model", depth_model=str(depth_model))
+    assert type(engine.pipe.depth_estimator).__name__ == "ZoeDepthForDepthEstimation"
+    with running(engine, **LIMITS) as server:
+        files, _ = run(client(server), *generate_args(ROOM, seed=7))
+    status = main([
+        "generate", "-m", engine.model_label, "-i", str(ROOM), "-p", "a cabin in winter", "--strength", "0.75",
+        "--steps", "4", "-s", "7", "-W", "64", "-H", "48", "--device", "cpu", "--dtype", "float32", "-q",
+        "--depth-model", str(depth_model), "-o", str(tmp_path / "cli.png"),
+    ])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    web_record = json.loads(text_chunks(files[0])["depth2img"])
+    cli_record = json.loads(text_chunks(tmp_path / "cli.png")["depth2img"])
+    assert web_record["depth_model"] == cli_record["depth_model"] == str(depth_model.resolve())
+    assert np.array_equal(pixels(files[0]), pixels(tmp_path / "cli.png"))
+
+
+def test_serve_refuses_a_bad_depth_model_flag_before_loading(tmp_path):
+    assert main(["serve", "-m", str(tmp_path / "missing-model"), "--depth-normalize", "sideways"]) == 2

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from . import argtypes
+from .component_options import COMPONENT_DEFAULTS, add_component_arguments
 from .errors import CliError
 from .settings import DEFAULT_MODEL
 
@@ -60,6 +61,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--dtype", default="auto", help="auto (float16 on CUDA, else float32), float32, float16 or bfloat16"
     )
     parser.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
+    add_component_arguments(parser, vae=True)  # --vae, --depth-model, --depth-invert, --depth-normalize
     parser.set_defaults(run=run)
 
 
@@ -95,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         offline=args.offline,
+        **{name: getattr(args, name) or default for name, default in COMPONENT_DEFAULTS.items()},
     )
     return serve(options)

@@ -240,6 +240,10 @@ class Engine:
             height=size[1],
             device=str(self.pipe.device),
             dtype=str(self.pipe.dtype).removeprefix("torch."),
+            depth_model=self.options.depth_model,
+            depth_invert=self.options.depth_invert,
+            depth_normalize=self.options.depth_normalize,
+            vae=self.options.vae,
         )
         return GenerateSettings(prompts=[request.prompt], images=[Path(request.image).name], **values)
 

@@ -39,3 +39,8 @@ class ServeOptions:
     device: str = "auto"
     dtype: str = "auto"
     offline: bool = False
+    # the component flags of `generate` (cli/component_options.py), recorded in every PNG as `generate` does
+    depth_model: str | None = None
+    depth_invert: str = "auto"
+    depth_normalize: str = "image"
+    vae: str | None = None

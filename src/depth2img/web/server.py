@@ -8,6 +8,7 @@ reach the disk; every other check is the command line's (see ``uploads``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -32,15 +33,23 @@ class RunningServer:
 
 
 def load_engine(options: ServeOptions) -> Any:
-    """Check ``--model``, load the pipeline once on the chosen device, and wrap it in an ``Engine``."""
+    """Check ``--model`` and the component flags, load the pipeline once on the chosen device, and wrap it in an
+    ``Engine``."""
+    from ..cli.component_options import apply_component_options, component_choice, load_components
     from ..cli.devices import resolve_device, resolve_dtype
     from ..cli.pipeline_setup import check_model, load_pipeline
     from .engine import Engine
 
+    choice = component_choice(options)  # the flags checked before anything loads
     source = check_model(options.model, options.offline)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
-    pipe = load_pipeline(source, dtype=dtype, offline=options.offline, quiet=True).to(device)
+    components = load_components(choice, dtype=dtype, offline=options.offline)
+    pipe = load_pipeline(source, dtype=dtype, offline=options.offline, quiet=True, components=components)
+    apply_component_options(pipe, choice)
+    pipe = pipe.to(device)
+    # recorded in the PNGs as resolved (an absolute folder, "taesd"), as generate records them
+    options = dataclasses.replace(options, depth_model=choice.depth_model, vae=choice.vae)
     label = source.location if source.kind != "repo" else options.model  # what `generate` records as the model
     return Engine(pipe, options, label)
 
