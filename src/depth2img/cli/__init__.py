@@ -1,9 +1,10 @@
-"""The ``depth2img`` command: ``generate``, ``depth``, ``random-model`` and ``info``.
+"""The ``depth2img`` command: ``generate``, ``batch``, ``depth``, ``random-model`` and ``info``.
 
 Each subcommand lives in its own module with ``add_parser(subparsers, parents)`` and ``run(args) -> int``.
 Modules import torch and the models only inside ``run``, so ``--help`` and argument errors are instant.
 ``main`` turns every failure into one line on stderr, ``depth2img: error: ...``, and an exit status
-(2 bad arguments or input files, 1 a failed run, 130 interrupted); ``--debug`` also prints the traceback.
+(2 bad arguments or input files, 1 a failed run, 3 a batch with failed jobs, 130 interrupted); ``--debug``
+also prints the traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import depth_cmd, generate, info, random_model_cmd
+from . import batch, depth_cmd, generate, info, random_model_cmd
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliArgumentParser, CliError
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (generate, depth_cmd, random_model_cmd, info)
+SUBCOMMANDS = (generate, batch, depth_cmd, random_model_cmd, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,10 +6,19 @@ import argparse
 import sys
 from typing import NoReturn
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "CliArgumentParser", "CliError", "warn"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_SOME_FAILED",
+    "EXIT_USAGE",
+    "CliArgumentParser",
+    "CliError",
+    "warn",
+]
 
 EXIT_FAILURE = 1  # the run itself failed: a model that cannot be loaded, a file that cannot be written
 EXIT_USAGE = 2  # invalid arguments or input files, found before any model is loaded (argparse uses 2 too)
+EXIT_SOME_FAILED = 3  # batch: the run finished, but some jobs failed (they are in OUTDIR/batch.jsonl)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
 
 

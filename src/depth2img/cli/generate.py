@@ -21,7 +21,7 @@ from . import argtypes
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, warn
 from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_generation_arguments", "add_parser", "check_model_options", "run", "sampler_label", "save_image"]
 
 DEFAULT_OUTPUT = "outputs"
 
@@ -35,13 +35,25 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Make images from photos and prompts, keeping each photo's depth (layout, shapes).",
         epilog="Example: depth2img generate -i examples/room.jpg -p 'a cosy cabin interior, winter' -s 42",
     )
+    what, output = add_generation_arguments(parser)
+    what.add_argument(
+        "-i", "--image", dest="images", action="append", metavar="PATH", help="input image or folder (repeatable)"
+    )
+    output.add_argument(
+        "-o", "--output", metavar="PATH",
+        help=f"folder (default: {DEFAULT_OUTPUT}/) or a name pattern like 'out/{{stem}}-{{seed}}.png'",
+    )  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> tuple[Any, Any]:
+    """Add every generation flag (prompt, sampling, model, device and memory, --save-depth, -q) to ``parser``;
+    shared by ``generate`` and ``batch``. Returns the "what to generate" and "output" argument groups, for the
+    caller's own input and output flags."""
     # Defaults are None here so that --from-png can tell typed flags from defaults (see settings.py).
     what = parser.add_argument_group("what to generate")
     what.add_argument("-p", "--prompt", dest="prompts", action="append", metavar="TEXT", help="prompt (repeatable)")
     what.add_argument("--negative-prompt", metavar="TEXT", help="what to keep out of the image")
-    what.add_argument(
-        "-i", "--image", dest="images", action="append", metavar="PATH", help="input image or folder (repeatable)"
-    )
     what.add_argument("--depth-map", metavar="PATH", help="use this depth map (image or .npy; white = near)")
     what.add_argument("--from-png", metavar="PNG", help="repeat the run that made this PNG (typed flags override)")
 
@@ -123,13 +135,9 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
 
     output = parser.add_argument_group("output")
-    output.add_argument(
-        "-o", "--output", metavar="PATH",
-        help=f"folder (default: {DEFAULT_OUTPUT}/) or a name pattern like 'out/{{stem}}-{{seed}}.png'",
-    )  # fmt: skip
     output.add_argument("--save-depth", action="store_true", help="also write each image's depth map (16-bit PNG)")
     output.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    parser.set_defaults(run=run)
+    return what, output
 
 
 @dataclass
@@ -189,7 +197,6 @@ def run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> _Plan:
     from .inputs import load_depth_map
     from .outputs import OutputNamer
-    from .pipeline_setup import check_adapter_support, check_model
 
     settings = resolve_settings(args)
     images = _input_images(settings)
@@ -204,13 +211,25 @@ def _plan(args: argparse.Namespace) -> _Plan:
     seed = settings.seed if settings.seed >= 0 else secrets.randbelow(2**32)
     if seed + total > 2**63:
         raise CliError(f"--seed: {seed} + {total} images runs past the largest seed (2**63 - 1)")
+    namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
+    source, device, dtype = check_model_options(settings, args, before_model=namer.prepare)
+    return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source)
+
+
+def check_model_options(
+    settings: GenerateSettings, args: argparse.Namespace, before_model: Any = None
+) -> tuple[Any, Any, Any]:
+    """Check the scheduler, adapters, model, device and dtype of ``settings`` (made absolute and canonical in
+    place); ``before_model`` runs between the cheap checks and the model's. Returns (source, device, dtype)."""
+    from .pipeline_setup import check_adapter_support, check_model
+
     if settings.scheduler:
         settings.scheduler = _check_scheduler(settings.scheduler)
     settings.loras = [(str(Path(p).expanduser().resolve()), scale) for p, scale in settings.loras]
     settings.embeddings = [(str(Path(p).expanduser().resolve()), token) for p, token in settings.embeddings]
     check_adapter_support(settings.loras, settings.embeddings)
-    namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
-    namer.prepare()
+    if before_model is not None:
+        before_model()
     source = check_model(settings.model, args.offline)
     if args.low_memory:
         _check_low_memory(source, settings)
@@ -221,7 +240,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     device = _device(settings)
     dtype = resolve_dtype(settings.dtype, device)
     settings.device, settings.dtype = str(device), dtype_name(dtype)
-    return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source)
+    return source, device, dtype
 
 
 def _input_images(settings: GenerateSettings) -> list[Path]:
@@ -268,7 +287,7 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
     from .inputs import file_sha256, load_rgb
 
     settings = plan.settings
-    sampler = _sampler_label(pipe, settings.scheduler)
+    sampler = sampler_label(pipe, settings.scheduler)
     depth_sha = file_sha256(Path(settings.depth_map)) if settings.depth_map else None
     index = 0
     for image_path in plan.images:
@@ -287,7 +306,7 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
                     depth_map_sha256=depth_sha, size=list(result.size),
                 )  # fmt: skip
                 path = plan.namer.path_for(index, seed, image_path, prompt)
-                _save(path, result, record, sampler)
+                save_image(path, result, record, sampler)
                 written.append(path)
                 print(path, flush=True)  # stdout: one written file per line, for scripts
                 if args.save_depth:
@@ -316,7 +335,7 @@ def _one_image(pipe: Any, settings: GenerateSettings, image: Any, depth: Any, pr
     ).images[0]
 
 
-def _save(path: Path, image: Any, record: dict[str, Any], sampler: str) -> None:
+def save_image(path: Path, image: Any, record: dict[str, Any], sampler: str) -> None:
     """Write the PNG atomically with its A1111 ``parameters`` and JSON ``depth2img`` chunks."""
     from .pngmeta import JSON_KEY, PARAMETERS_KEY, a1111_parameters, write_png
 
@@ -340,7 +359,7 @@ _A1111_SAMPLERS = {
 }
 
 
-def _sampler_label(pipe: Any, name: str | None) -> str:
+def sampler_label(pipe: Any, name: str | None) -> str:
     """The ``Sampler:`` value: A1111's name for the --scheduler preset, or for the model's own scheduler."""
     if name:
         from ..schedulers.registry import resolve_scheduler_name
