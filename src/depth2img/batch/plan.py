@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..cli.errors import CliError
 from ..cli.inputs import check_image, file_sha256, load_depth_map, target_size
 from ..cli.settings import GenerateSettings
 from .jobs import ID_LENGTH, Failure, Job, job_id, output_stem
@@ -81,7 +82,7 @@ def plan_jobs(rows: list[Row | Failure], settings: GenerateSettings, same_seed: 
                     if job.id not in seen:
                         seen.add(job.id)
                         plan.jobs.append(job)
-        except (ValueError, OSError) as error:
+        except (CliError, ValueError, OSError) as error:
             plan.failures.append(Failure(row.label, str(error)))
         except Exception as error:  # e.g. PIL's DecompressionBombError: still this input's problem only
             plan.failures.append(Failure(row.label, f"{type(error).__name__}: {error}"))
