@@ -292,3 +292,14 @@ def test_errors_before_the_model_loads(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
     assert batch(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--workers", "2", "-p", "x") == 2
     assert "--engine ray" in capsys.readouterr().err
+
+
+def test_engine_ray_without_ray_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    Image.fromarray(_noise_image(60)).save(tmp_path / "a.png")
+    assert batch(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "-p", "x", "--engine", "ray") == EXIT_USAGE
+    error = capsys.readouterr().err.strip()
+    assert (
+        error
+        == "depth2img: error: --engine ray needs Ray Data: pip install 'depth2img[ray]' (or: pip install 'ray[data]')"
+    )
