@@ -28,7 +28,8 @@ def _declared_requirements() -> list[Requirement]:
     requirements = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():
         requirements += extra
-    requirements = [Requirement(text) for text in requirements]
+    # an extra that names the project itself (test = ["depth2img[ray,video]"]) adds that extra's own requirements
+    requirements = [Requirement(text) for text in requirements if not text.startswith(project["name"] + "[")]
     # the lock is made on one Python: requirements whose marker excludes it are not in it
     return [r for r in requirements if r.marker is None or r.marker.evaluate()]
 
