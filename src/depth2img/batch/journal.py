@@ -48,8 +48,10 @@ class Journal:
                 os.write(self._fd, b"\n")
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one record (a ``time`` field is added: UTC, ISO 8601)."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
+        """Add one record (a ``time`` field is added: UTC, ISO 8601, milliseconds)."""
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        record = {"time": stamp, **record}
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         if self._fd is not None:
             os.write(self._fd, line)
