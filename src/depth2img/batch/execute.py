@@ -61,25 +61,25 @@ def execute(
     quiet: bool,
     summary: BatchSummary,
 ) -> BatchSummary:
-    """Run ``plan`` into ``store``; ``summary`` is filled in as results arrive (so an interrupt can report it)."""
-    with store.lock():
-        store.remove_stale_temps([*plan.written_names(), JOURNAL_NAME])
-        journal = Journal(store)
-        summary.journal = journal.location
-        try:
-            for failure in plan.failures:
-                journal.append({"id": failure.id, "status": "failed", "input": failure.label, "error": failure.error})
-                summary.failures.append((failure.label, failure.error))
-            todo = [job for job in plan.jobs if overwrite or not store.exists(job.name)]
-            summary.skipped = len(plan.jobs) - len(todo)
-            redone = {job.video for job in todo if job.video}
-            if todo:
-                _run_jobs(todo, config, engine, journal, quiet, summary)
-            for video in plan.videos:
-                if overwrite or video.name in redone or not store.exists(video.name):
-                    _assemble(video, store, journal, summary)
-        finally:
-            journal.close()
+    """Run ``plan`` into ``store`` (whose ``lock()`` the caller holds, from before planning); ``summary`` is filled
+    in as results arrive, so an interrupt can still report it."""
+    store.remove_stale_temps([*plan.written_names(), JOURNAL_NAME])
+    journal = Journal(store)
+    summary.journal = journal.location
+    try:
+        for failure in plan.failures:
+            journal.append({"id": failure.id, "status": "failed", "input": failure.label, "error": failure.error})
+            summary.failures.append((failure.label, failure.error))
+        todo = [job for job in plan.jobs if overwrite or not store.exists(job.name)]
+        summary.skipped = len(plan.jobs) - len(todo)
+        redone = {job.video for job in todo if job.video}
+        if todo:
+            _run_jobs(todo, config, engine, journal, quiet, summary)
+        for video in plan.videos:
+            if overwrite or video.name in redone or not store.exists(video.name):
+                _assemble(video, store, journal, summary)
+    finally:
+        journal.close()
     return summary
 
 

@@ -23,7 +23,7 @@ from .jobs import ID_LENGTH, Failure, Job, job_id, output_stem
 from .manifest import Row
 from .sources import is_video
 from .store import Store
-from .video import extract_frames, frame_name, output_suffix, probe_video
+from .video import FRAMES_MARKER, extract_frames, frame_name, output_suffix, probe_video
 
 __all__ = ["BatchPlan", "VideoJob", "plan_jobs", "run_fingerprint"]
 
@@ -48,11 +48,12 @@ class BatchPlan:
     jobs: list[Job] = field(default_factory=list)
     videos: list[VideoJob] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    cached_inputs: list[str] = field(default_factory=list)  # video frames extracted into OUTDIR/.frames
 
     def written_names(self) -> list[str]:
         """Every file of OUTDIR this batch may write (for cleaning up temporary files of killed runs)."""
         names = [job.name for job in self.jobs] + [job.name[:-4] + "-depth.png" for job in self.jobs]
-        return names + [video.name for video in self.videos]
+        return names + [video.name for video in self.videos] + self.cached_inputs
 
 
 def run_fingerprint(settings: GenerateSettings) -> dict[str, Any]:
@@ -167,6 +168,7 @@ def _plan_video(
     sha = file_sha256(row.image)
     folder = f"{FRAMES_FOLDER}/{output_stem(row.image.name)}-{sha[:ID_LENGTH]}"
     count = extract_frames(row.image, store, folder)
+    plan.cached_inputs += [frame_name(folder, index) for index in range(count)] + [f"{folder}/{FRAMES_MARKER}"]
     depth_shas: dict[str, str] = {}
     for params in _variants(row, settings):
         size = _output_size((info.width, info.height), params)

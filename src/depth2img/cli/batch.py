@@ -80,14 +80,15 @@ def run(args: argparse.Namespace) -> int:
         settings.device = "auto"  # each actor picks its own (a GPU where its node has one)
     store = open_store(args.output)
     local_root = None if "://" in store.root else Path(store.root)
-    plan = plan_jobs(expand_inputs(args.inputs, args.recursive, local_root), settings, args.same_seed, store)
-    if not plan.jobs and not plan.failures:
-        raise CliError("batch: the inputs hold nothing to do")
     config = RunConfig(settings, source, store.root, args.batch_size, args.save_depth, args.offline, args.low_memory)
     engine = EngineOptions(args.engine, args.workers, args.ray_address)
     summary = BatchSummary()
     try:
-        execute(plan, config, store, engine, args.overwrite, args.quiet, summary)
+        with store.lock():  # from before planning: planning extracts video frames into OUTDIR
+            plan = plan_jobs(expand_inputs(args.inputs, args.recursive, local_root), settings, args.same_seed, store)
+            if not plan.jobs and not plan.failures:
+                raise CliError("batch: the inputs hold nothing to do")
+            execute(plan, config, store, engine, args.overwrite, args.quiet, summary)
     except KeyboardInterrupt:
         print(f"depth2img: {summary.report()}", file=sys.stderr)
         message = "interrupted; no file was left half-written, run the same command to go on"
