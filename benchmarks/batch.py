@@ -43,6 +43,8 @@ def run_config(name: str, inputs: Path, model: str, args: argparse.Namespace, wo
     outdir = work / name
     command = [sys.executable, "-m", "depth2img", "batch", str(inputs), "-o", str(outdir), "-m", model, "-q"]
     command += ["-p", "a watercolor painting", "--steps", str(args.steps), "--device", "cpu", *CONFIGS[name]]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="input images are SIZE x SIZE pixels")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--threads", type=int, help="torch threads per worker (default: batch's own choice)")
     parser.add_argument("--out", type=Path, help="JSON results (default: print only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="depth2img-batch-bench-") as folder:
@@ -91,6 +94,7 @@ def main() -> None:
         "images": args.images,
         "size": args.size,
         "steps": args.steps,
+        "threads": args.threads,
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),

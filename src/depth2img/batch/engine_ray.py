@@ -72,8 +72,8 @@ def run_ray(
         gpus = ray.cluster_resources().get("GPU", 0)
         cpus = ray.cluster_resources().get("CPU", 1)
         # CPU actors share the machine: split its cores between them rather than oversubscribe every core
-        threads = None if gpus else max(1, int(cpus) // workers)
-        options: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": threads}
+        threads = config.threads or (None if gpus else max(1, int(cpus) // workers))
+        options: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": min(threads, cpus)}
         dataset = ray.data.from_items([{"job": job.to_json()} for job in jobs])
         results = dataset.map_batches(
             RayJobRunner,

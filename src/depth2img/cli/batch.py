@@ -48,6 +48,10 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--batch-size", type=argtypes.int_at_least(1), default=1, metavar="N",
         help="images of one size per pipeline call (1); same images as one at a time",
     )  # fmt: skip
+    running.add_argument(
+        "--threads", type=argtypes.int_at_least(1), metavar="N",
+        help="CPU threads of torch per worker (default: torch's own locally; the cores split between Ray actors)",
+    )  # fmt: skip
     running.add_argument("--engine", choices=ENGINES, default="local", help="local (this process) or ray (Ray Data)")
     running.add_argument(
         "--workers", type=argtypes.int_at_least(1), default=1, metavar="N",
@@ -80,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         settings.device = "auto"  # each actor picks its own (a GPU where its node has one)
     store = open_store(args.output)
     local_root = None if "://" in store.root else Path(store.root)
-    config = RunConfig(settings, source, store.root, args.batch_size, args.save_depth, args.offline, args.low_memory)
+    config = RunConfig(
+        settings, source, store.root, args.batch_size, args.save_depth, args.offline, args.low_memory, args.threads
+    )
     engine = EngineOptions(args.engine, args.workers, args.ray_address)
     summary = BatchSummary()
     try:
