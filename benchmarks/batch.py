@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ def _parse_time(stamp: str) -> float:
 
 def run_config(name: str, inputs: Path, model: str, args: argparse.Namespace, work: Path) -> dict:
     outdir = work / name
+    outdir.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "depth2img", "batch", str(inputs), "-o", str(outdir), "-m", model, "-q"]
     command += ["-p", "a watercolor painting", "--steps", str(args.steps), "--device", "cpu", *CONFIGS[name]]
     if args.threads:
@@ -66,6 +68,16 @@ def run_config(name: str, inputs: Path, model: str, args: argparse.Namespace, wo
     }
 
 
+def _median_row(name: str, runs: list[dict]) -> dict:
+    """Medians over the rounds of one configuration (each sample kept too)."""
+    row = {"config": name, "images": runs[0]["images"], "rounds": len(runs)}
+    for key in ("wall_s", "steady_img_per_min", "wall_img_per_min"):
+        values = [run[key] for run in runs if run[key] is not None]
+        row[key] = round(statistics.median(values), 2) if values else None
+        row[key + "_samples"] = [run[key] for run in runs]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="'tiny' (written to a temporary folder) or a model folder")
@@ -74,6 +86,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: batch's own choice)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all configurations; medians reported")
     parser.add_argument("--out", type=Path, help="JSON results (default: print only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="depth2img-batch-bench-") as folder:
@@ -88,10 +101,12 @@ def main() -> None:
         for k in range(args.images):
             pixels = np.random.default_rng(k).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(inputs / f"{k:03d}.png")
-        rows = []
-        for name in args.configs.split(","):
-            rows.append(run_config(name, inputs, model, args, work))
-            print(json.dumps(rows[-1]), flush=True)
+        samples: dict[str, list[dict]] = {name: [] for name in args.configs.split(",")}
+        for round_number in range(args.repeats):  # rounds interleave the configurations: load hits all alike
+            for name in samples:
+                samples[name].append(run_config(name, inputs, model, args, work / str(round_number)))
+                print(json.dumps(samples[name][-1]), flush=True)
+        rows = [_median_row(name, runs) for name, runs in samples.items()]
     result = {
         "model": args.model,
         "images": args.images,
