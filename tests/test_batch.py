@@ -292,6 +292,9 @@ def test_errors_before_the_model_loads(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
     assert batch(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--workers", "2", "-p", "x") == 2
     assert "--engine ray" in capsys.readouterr().err
+    assert batch(str(tmp_path / "a.png"), "-o", str(tmp_path / "o")) == 2
+    assert "batch needs a prompt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing was written for a mistake found up front
 
 
 def test_engine_ray_without_ray_says_how_to_install(tmp_path, monkeypatch, capsys):

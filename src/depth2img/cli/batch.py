@@ -66,6 +66,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check and plan everything, then run the jobs; 0 if all succeeded, 3 if some failed."""
     from ..batch import BatchSummary, EngineOptions, RunConfig, execute, expand_inputs, open_store, plan_jobs
+    from ..batch.manifest import MANIFEST_SUFFIXES
 
     if args.engine == "ray":
         from ..batch.engine_ray import import_ray
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts is None and not args.from_png:
         args.prompts = []  # prompts may come from a manifest; plan_jobs reports inputs that have none
     settings = resolve_settings(args)
+    if not settings.prompts and not any(text.lower().endswith(MANIFEST_SUFFIXES) for text in args.inputs):
+        raise CliError("batch needs a prompt: -p/--prompt TEXT (or a prompt column in a .jsonl/.csv manifest)")
     settings.seed = _base_seed(args, settings)
     requested_device = settings.device
     source, _, _ = check_model_options(settings, args)
