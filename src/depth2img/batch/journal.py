@@ -1,8 +1,9 @@
 """``OUTDIR/batch.jsonl``: one JSON line per finished or failed job, appended atomically.
 
-Locally each line goes out in a single ``write`` on a file opened with ``O_APPEND`` and is fsynced, so lines
-of one run never interleave and a crash loses at most the line being written; a torn last line (a kill
-mid-write) is ended with a newline on the next run and skipped by ``read_journal``. For an fsspec OUTDIR,
+Locally each line goes out in a single ``write`` on a file opened with ``O_APPEND``, so lines never interleave
+and a killed process loses at most the line being written (what was written is in the kernel's page cache: a
+kill cannot lose it; it is not fsynced, like the images, so a power cut can); a torn last line is ended with a
+newline on the next run and skipped by ``read_journal``. For an fsspec OUTDIR,
 where objects cannot be appended to, the whole journal is rewritten atomically on each line.
 """
 
@@ -55,7 +56,6 @@ class Journal:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         if self._fd is not None:
             os.write(self._fd, line)
-            os.fsync(self._fd)
             return
         self._text += line
         with self.store.output_file(JOURNAL_NAME) as path:
