@@ -344,3 +344,22 @@ def test_journal_survives_a_torn_line(tmp_path):
     journal.append({"id": "c", "status": "failed", "error": "x"})
     journal.close()
     assert [r["id"] for r in read_journal(tmp_path / "batch.jsonl")] == ["a", "c"]
+
+
+def test_ctrl_c_exits_130_with_a_summary_and_whole_files(tiny_model, tmp_path):
+    Image.fromarray(_noise_image(80)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "depth2img", "batch", str(tmp_path / "a.png"), "-m", str(tiny_model), "-p", "x"]
+    child = subprocess.Popen([*command, "-n", "200", *FAST, "-o", str(out)], env=CHILD_ENV, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.png")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    lines = stderr.decode().strip().splitlines()
+    assert lines[-1] == "depth2img: error: interrupted; no file was left half-written, run the same command to go on"
+    assert any(line.startswith("depth2img: batch: ") and "skipped" in line for line in lines)
+    written = sorted(out.glob("*.png"))
+    assert 1 <= len(written) < 200 and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert all(read_png_record(path)["prompt"] == "x" for path in written)  # whole PNGs, metadata and all
