@@ -1,8 +1,8 @@
 """The Ray Data engine (``--engine ray``, extra ``[ray]``): the same jobs as a Ray Dataset.
 
-Jobs go in as rows (their JSON) in the order the local engine would run them, so consecutive rows share batch
-keys; ``map_batches`` runs them through ``RayJobRunner``, a callable class, so each actor loads the pipeline
-once and keeps it (and its prompt and depth caches) for all its batches. Actors write images to OUTDIR
+Jobs go in as rows (their JSON) in the order the local engine runs them (grouped by batch key), so consecutive
+rows share batch keys; ``map_batches`` runs them through ``RayJobRunner``, a callable class, so each actor loads
+the pipeline once and keeps it (and its prompt and depth caches) for all its batches. Actors write images to OUTDIR
 themselves; the driver gets one record per job back and keeps the journal, so the journal, ids and names are
 the local engine's and either engine resumes the other.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..cli.errors import EXIT_FAILURE, CliError
-from .jobs import Job
+from .jobs import Job, group_jobs
 from .runner import JobRunner, RunConfig
 
 __all__ = ["RayJobRunner", "import_ray", "run_ray"]
@@ -74,7 +74,9 @@ def run_ray(
         # CPU actors share the machine: split its cores between them rather than oversubscribe every core
         threads = config.threads or (None if gpus else max(1, int(cpus) // workers))
         options: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": min(threads, cpus)}
-        dataset = ray.data.from_items([{"job": job.to_json()} for job in jobs])
+        # rows in pipeline-call order, so that each of Ray's batches holds jobs of one batch key where it can
+        ordered = [job for group in group_jobs(jobs, config.batch_size) for job in group]
+        dataset = ray.data.from_items([{"job": job.to_json()} for job in ordered])
         results = dataset.map_batches(
             RayJobRunner,
             fn_constructor_kwargs={"config": replace(config, threads=threads)},

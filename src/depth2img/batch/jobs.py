@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-__all__ = ["JOB_PARAMETERS", "Failure", "Job", "batch_key", "job_id", "output_stem"]
+__all__ = ["JOB_PARAMETERS", "Failure", "Job", "batch_key", "group_jobs", "job_id", "output_stem"]
 
 # The parameters a manifest row may override, named as in GenerateSettings (a manifest's short names are mapped
 # onto these by manifest.py).
@@ -106,3 +107,13 @@ def batch_key(job: Job) -> tuple:
         p["scheduler"] or "",
         p["eta"],
     )
+
+
+def group_jobs(jobs: list[Job], size: int) -> Iterator[list[Job]]:
+    """``jobs`` as pipeline calls: equal batch keys together (keys in first-seen order), ``size`` jobs at most."""
+    by_key: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        by_key.setdefault(batch_key(job), []).append(job)
+    for members in by_key.values():
+        for start in range(0, len(members), max(1, size)):
+            yield members[start : start + max(1, size)]

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..cli.pipeline_setup import ModelSource
 from ..cli.settings import GenerateSettings
-from .jobs import Job, batch_key
+from .jobs import Job, group_jobs
 from .store import open_store
 
 __all__ = ["JobRunner", "RunConfig", "failed_record", "job_record"]
@@ -105,13 +105,7 @@ class JobRunner:
 
     def groups(self, jobs: list[Job]) -> Iterator[list[Job]]:
         """``jobs`` in pipeline calls: equal batch keys together (in first-seen order), ``batch_size`` at most."""
-        by_key: dict[tuple, list[Job]] = {}
-        for job in jobs:
-            by_key.setdefault(batch_key(job), []).append(job)
-        size = max(1, self.config.batch_size)
-        for members in by_key.values():
-            for start in range(0, len(members), size):
-                yield members[start : start + size]
+        return group_jobs(jobs, self.config.batch_size)
 
     def _run_group(self, jobs: list[Job]) -> list[dict[str, Any]]:
         started = time.perf_counter()
