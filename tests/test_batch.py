@@ -287,6 +287,21 @@ def test_fsspec_url_output(tiny_model, tmp_path, capsys):
     assert "0 done, 1 skipped" in capsys.readouterr().err
 
 
+def test_fsspec_store_removes_only_its_own_stale_temp_files(tmp_path):
+    """At a URL no process can be asked whether it is alive: the temporary files of this batch's targets go
+    (named as depth2img.utils.files names them), a stranger's stays."""
+    from depth2img.batch import open_store
+    from depth2img.utils.files import temp_file_target, temp_name
+
+    store = open_store((tmp_path / "remote").as_uri())
+    ours, other = temp_name("u.png", "a1b2c3d4"), temp_name("someone-else.png", "a1b2c3d4")
+    assert temp_file_target(ours) == "u.png" and temp_file_target("u.png") is None
+    for name in (ours, other):
+        (tmp_path / "remote" / name).write_bytes(b"half")
+    assert store.remove_stale_temps(["u.png"]) == 1
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == [other]
+
+
 def test_errors_before_the_model_loads(tmp_path, capsys):
     Image.fromarray(_noise_image(50)).save(tmp_path / "a.png")
     assert batch(str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "no-model"), "-p", "x") == 2

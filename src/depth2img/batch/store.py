@@ -3,9 +3,10 @@
 Every file we write there appears whole or not at all. Locally the writers are atomic themselves (they write a
 temporary ``.NAME.<pid>-XXXXXXXX.tmp`` beside the target and rename it, see depth2img.utils.files); for a URL the
 file is written locally, put under such a temporary name and moved into place. A run that was killed can leave
-those temporary files behind: ``remove_stale_temps`` deletes them in the folders this batch writes to, locally
-by depth2img.utils.files' own rule (the writer's process is gone), at a URL the ones whose target is a file this
-batch writes (no other process can be writing them while this batch holds OUTDIR).
+those temporary files behind: ``remove_stale_temps`` deletes them in the folders this batch writes to, locally by
+depth2img.utils.files' own rule (the writer's process is gone, or the file is over an hour old), at a URL the
+ones whose target is a file this batch writes (no other process can be writing them while this batch holds
+OUTDIR).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Store:
         raise NotImplementedError
 
     def remove_stale_temps(self, names: Iterable[str]) -> int:
-        """Delete temporary files left by killed runs whose target is one of ``names``; return how many."""
+        """Delete temporary files left by killed runs beside ``names`` (see the module's docstring); return how
+        many."""
         raise NotImplementedError
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
