@@ -28,7 +28,8 @@ def _declared_requirements() -> list[Requirement]:
     requirements = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():
         requirements += extra
-    # "depth2img[web]" inside an extra names the project's own extra, whose requirements are listed here too
+    # an extra that names the project itself (test = ["depth2img[web]", "depth2img[ray,video]"]) adds that extra's
+    # own requirements, which are listed here too
     requirements = [r for r in map(Requirement, requirements) if try_newest.normalise(r.name) != project["name"]]
     # the lock is made on one Python: requirements whose marker excludes it are not in it
     return [r for r in requirements if r.marker is None or r.marker.evaluate()]

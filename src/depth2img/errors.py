@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
+    "EXIT_SOME_FAILED",
     "EXIT_USAGE",
     "Depth2ImgError",
     "InputFileError",
@@ -35,6 +36,7 @@ __all__ = [
 
 EXIT_FAILURE = 1  # the run failed: a model that cannot be loaded or downloaded, a full disk, a bug
 EXIT_USAGE = 2  # the user's arguments or input files are wrong; found before any model is loaded
+EXIT_SOME_FAILED = 3  # batch: the run finished, but some jobs failed (they are in OUTDIR/batch.jsonl)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
 
 

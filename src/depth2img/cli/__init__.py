@@ -1,11 +1,11 @@
-"""The ``depth2img`` command: ``generate``, ``depth``, ``serve``, ``random-model`` and ``info``.
+"""The ``depth2img`` command: ``generate``, ``batch``, ``depth``, ``serve``, ``random-model`` and ``info``.
 
 Each subcommand lives in its own module, named after it (``random-model``: ``random_model.py``), with
 ``add_parser(subparsers, parents)`` and ``run(args) -> int``.
 Modules import torch and the models only inside ``run``, so ``--help`` and argument errors are instant.
 ``main`` turns every failure into one line on stderr, ``depth2img: error: ...``, and an exit status
-(2 bad arguments or input files, 1 a failed run, 130 interrupted; see docs/errors.md); ``--debug`` also prints
-the traceback.
+(2 bad arguments or input files, 1 a failed run, 3 a batch with failed jobs, 130 interrupted; see
+docs/errors.md); ``--debug`` also prints the traceback.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import Depth2ImgError, exit_status, one_line
-from . import depth, generate, info, random_model, serve
+from . import batch, depth, generate, info, random_model, serve
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliArgumentParser, CliError
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (generate, depth, serve, random_model, info)
+SUBCOMMANDS = (generate, batch, depth, serve, random_model, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

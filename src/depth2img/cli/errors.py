@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import NoReturn
 
-from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, Depth2ImgError
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, Depth2ImgError
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
+    "EXIT_SOME_FAILED",
     "EXIT_USAGE",
     "CliArgumentParser",
     "CliError",

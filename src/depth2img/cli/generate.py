@@ -13,6 +13,7 @@ import argparse
 import json
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ from .component_options import ComponentChoice, add_component_arguments
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, route_library_warnings, warn
 from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
 
-__all__ = ["add_parser", "run"]
+__all__ = [
+    "add_generation_arguments",
+    "add_parser",
+    "check_model_options",
+    "check_settings",
+    "run",
+    "sampler_label",
+    "save_image",
+]
 
 DEFAULT_OUTPUT = "outputs"
 
@@ -36,13 +45,25 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         description="Make images from photos and prompts, keeping each photo's depth (layout, shapes).",
         epilog="Example: depth2img generate -i examples/room.jpg -p 'a cosy cabin interior, winter' -s 42",
     )
+    what, output = add_generation_arguments(parser)
+    what.add_argument(
+        "-i", "--image", dest="images", action="append", metavar="PATH", help="input image or folder (repeatable)"
+    )
+    output.add_argument(
+        "-o", "--output", metavar="PATH",
+        help=f"folder (default: {DEFAULT_OUTPUT}/) or a name pattern like 'out/{{stem}}-{{seed}}.png'",
+    )  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> tuple[Any, Any]:
+    """Add every generation flag (prompt, sampling, model, components, device and memory, --save-depth, -q) to
+    ``parser``; shared by ``generate`` and ``batch``. Returns the "what to generate" and "output" argument groups,
+    for the caller's own input and output flags."""
     # Defaults are None here so that --from-png can tell typed flags from defaults (see settings.py).
     what = parser.add_argument_group("what to generate")
     what.add_argument("-p", "--prompt", dest="prompts", action="append", metavar="TEXT", help="prompt (repeatable)")
     what.add_argument("--negative-prompt", metavar="TEXT", help="what to keep out of the image")
-    what.add_argument(
-        "-i", "--image", dest="images", action="append", metavar="PATH", help="input image or folder (repeatable)"
-    )
     what.add_argument("--depth-map", metavar="PATH", help="use this depth map (image or .npy; white = near)")
     what.add_argument("--from-png", metavar="PNG", help="repeat the run that made this PNG (typed flags override)")
     what.add_argument(
@@ -130,13 +151,9 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_component_arguments(parser)
 
     output = parser.add_argument_group("output")
-    output.add_argument(
-        "-o", "--output", metavar="PATH",
-        help=f"folder (default: {DEFAULT_OUTPUT}/) or a name pattern like 'out/{{stem}}-{{seed}}.png'",
-    )  # fmt: skip
     output.add_argument("--save-depth", action="store_true", help="also write each image's depth map (16-bit PNG)")
     output.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    parser.set_defaults(run=run)
+    return what, output
 
 
 @dataclass
@@ -211,17 +228,11 @@ def _load_and_generate(plan: _Plan, args: argparse.Namespace, written: list[Path
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
-    from .component_options import component_choice
     from .inputs import announce_size_rounding, check_resized_sizes, load_depth_map
     from .outputs import OutputNamer
-    from .pipeline_setup import check_adapter_support, check_model
 
     settings = resolve_settings(args)
-    components = component_choice(settings)
-    settings.depth_model, settings.vae = components.depth_model, components.vae  # recorded as resolved
-    if settings.vae_tiling and not components.vae_can_tile:
-        raise CliError("--vae-tiling does not work with TAESD (--vae): it has no tiled decoding; drop one of them")
-    _check_numbers(settings)
+    components = check_settings(settings)
     images = _input_images(settings, args.max_pixels)
     announce_size_rounding(settings.width, settings.height)
     check_resized_sizes(images, settings.width, settings.height, args.max_pixels)
@@ -237,12 +248,37 @@ def _plan(args: argparse.Namespace) -> _Plan:
     seed = settings.seed if settings.seed >= 0 else secrets.randbelow(2**32)
     if seed + total > 2**63:
         raise CliError(f"--seed: {seed} + {total} images runs past the largest seed (2**63 - 1)")
+    namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
+    source, device, dtype = check_model_options(settings, args, before_model=namer.prepare)
+    return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source, components)
+
+
+def check_settings(settings: GenerateSettings) -> ComponentChoice:
+    """The checks that need nothing but the flags (and a --from-png record): the component flags (their choice is
+    recorded in ``settings`` as resolved, and returned) and the pipeline's own number checks."""
+    from .component_options import component_choice
+
+    components = component_choice(settings)
+    settings.depth_model, settings.vae = components.depth_model, components.vae  # recorded as resolved
+    if settings.vae_tiling and not components.vae_can_tile:
+        raise CliError("--vae-tiling does not work with TAESD (--vae): it has no tiled decoding; drop one of them")
+    _check_numbers(settings)
+    return components
+
+
+def check_model_options(
+    settings: GenerateSettings, args: argparse.Namespace, before_model: Callable[[], Any] | None = None
+) -> tuple[Any, Any, Any]:
+    """Check the scheduler, adapters, model (and what its configs tell), device and dtype of ``settings`` (made
+    absolute and canonical in place); ``generate`` and ``batch`` share them. ``before_model`` runs last, after
+    every check (so a refused run creates no output folder). Returns (source, device, dtype)."""
+    from .pipeline_setup import check_adapter_support, check_model
+
     if settings.scheduler:
         settings.scheduler = _check_scheduler(settings.scheduler)
     settings.loras = [(str(Path(p).expanduser().resolve()), scale) for p, scale in settings.loras]
     settings.embeddings = [(str(Path(p).expanduser().resolve()), token) for p, token in settings.embeddings]
     check_adapter_support(settings.loras, settings.embeddings)
-    namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
     source = check_model(settings.model, args.offline)
     if args.low_memory:  # flag combinations first: no file needs reading to refuse them
         _check_low_memory(source, settings)
@@ -254,8 +290,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
     device = _device(settings)
     dtype = resolve_dtype(settings.dtype, device)
     settings.device, settings.dtype = str(device), dtype_name(dtype)
-    namer.prepare()  # last: a run refused by any check above creates no output folder
-    return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source, components)
+    if before_model is not None:
+        before_model()  # last: a run refused by any check above creates no output folder
+    return source, device, dtype
 
 
 def _check_numbers(settings: GenerateSettings) -> None:
@@ -343,7 +380,7 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
     from .inputs import file_sha256, load_rgb
 
     settings = plan.settings
-    sampler = _sampler_label(pipe, settings.scheduler)
+    sampler = sampler_label(pipe, settings.scheduler)
     depth_sha = file_sha256(Path(settings.depth_map)) if settings.depth_map else None
     estimated = _depths_of_the_run(pipe, plan) if plan.components.depth_normalize == "batch" else {}
     index = 0
@@ -366,7 +403,7 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
                     depth_map_sha256=depth_sha, size=list(result.size),
                 )  # fmt: skip
                 path = plan.namer.path_for(index, seed, image_path, prompt)
-                _save(path, result, record, sampler)
+                save_image(path, result, record, sampler)
                 written.append(path)
                 print(path, flush=True)  # stdout: one written file per line, for scripts
                 if args.save_depth:
@@ -420,7 +457,7 @@ def _one_image(
     ).images[0]
 
 
-def _save(path: Path, image: Any, record: dict[str, Any], sampler: str) -> None:
+def save_image(path: Path, image: Any, record: dict[str, Any], sampler: str) -> None:
     """Write the PNG atomically with its A1111 ``parameters`` and JSON ``depth2img`` chunks."""
     from .pngmeta import JSON_KEY, PARAMETERS_KEY, a1111_parameters, write_png
 
@@ -444,7 +481,7 @@ _A1111_SAMPLERS = {
 }
 
 
-def _sampler_label(pipe: Any, name: str | None) -> str:
+def sampler_label(pipe: Any, name: str | None) -> str:
     """The ``Sampler:`` value: A1111's name for the --scheduler preset, or for the model's own scheduler."""
     if name:
         from ..schedulers.registry import resolve_scheduler_name

@@ -28,6 +28,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "remove_stale_temp_files",
+    "temp_file_target",
+    "temp_name",
 ]
 
 STALE_TEMP_SECONDS = 3600
@@ -74,6 +76,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             failure.errno = error.errno
             raise failure from None
         raise
+
+
+def temp_name(name: str, random_part: str) -> str:
+    """The temporary name :func:`atomic_path` gives a write to ``name`` (``random_part``: 8 of [a-z0-9_]), for
+    writers that cannot use it (a file moved into place on a remote filesystem)."""
+    return f".{name}.{os.getpid()}-{random_part}.tmp"
+
+
+def temp_file_target(name: str) -> str | None:
+    """The name of the file whose temporary file ``name`` is (see :func:`temp_name`), or None for other names."""
+    match = _TEMP_NAME.match(name)
+    return match["name"] if match else None
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:

@@ -184,7 +184,7 @@ class Engine:
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         settings = self._settings(request, size, sampler_name, seed)
         self.pipe.scheduler = self._scheduler(sampler_name)
-        label = cli_generate._sampler_label(self.pipe, sampler_name)
+        label = cli_generate.sampler_label(self.pipe, sampler_name)
         depth = self.depth_for(request.image, size, request.depth_map)
         image = read_image(request.image, size)
         image_name = Path(request.image).name  # the upload's own name: no server path goes into the record
@@ -214,7 +214,7 @@ class Engine:
                 depth_map_sha256=depth_sha, size=list(result.size),
             )  # fmt: skip
             path = folder / f"{index:02d}-{image_seed}.png"
-            cli_generate._save(path, result, record, label)
+            cli_generate.save_image(path, result, record, label)
             if namer is not None:
                 atomic_write_bytes(
                     namer.path_for(index, image_seed, Path(image_name), request.prompt), path.read_bytes()
