@@ -156,7 +156,11 @@ def estimate_depth(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Relative depth (B, H', W') of (H, W, 3) uint8 ``images``, one estimator pass for the whole batch."""
+    """Relative depth (B, H', W') of (H, W, 3) uint8 ``images``, one estimator pass for the whole batch.
+
+    The estimator computes in its own weights' dtype when it has one other than ``dtype`` (a mixed-precision
+    pipeline keeps it in float32 while the UNet uses bfloat16: ``depth2img.precision``)."""
+    dtype = next((p.dtype for p in depth_estimator.parameters() if p.is_floating_point()), dtype)
     if isinstance(feature_extractor, DPTPreprocessor):
         pixel_values = torch.from_numpy(np.stack([feature_extractor.preprocess_one(image) for image in images]))
     else:

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import argtypes
 from .errors import CliError
+from .precision import add_precision_arguments
 from .settings import DEFAULT_MODEL
 
 __all__ = ["add_parser", "run"]
@@ -43,7 +44,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model holding the estimator ({DEFAULT_MODEL})")
     parser.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, else float32), float32, ...")
+    add_precision_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but the written paths")
     parser.set_defaults(run=run)
 
@@ -65,17 +66,18 @@ def _output_stems(output: str | None, images: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Check the inputs, load the estimator, write the maps."""
-    from .devices import resolve_device, resolve_dtype
+    from .devices import resolve_device
     from .inputs import collect_images
     from .outputs import ensure_writable_folder
     from .pipeline_setup import check_model
+    from .precision import resolve_precision
 
     images = collect_images(args.images)
     stems = _output_stems(args.output, images)
     for folder in {stem.parent for stem in stems}:
         ensure_writable_folder(folder)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = resolve_precision(args.precision, args.dtype, device).dtypes["depth_estimator"]
     source = check_model(args.model, args.offline)
 
     from .depthmaps import estimate_depth, resize_depth, write_depth_npy, write_depth_png16, write_preview

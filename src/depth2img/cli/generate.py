@@ -19,6 +19,7 @@ from typing import Any
 
 from . import argtypes
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, warn
+from .precision import add_precision_arguments
 from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
 
 __all__ = ["add_parser", "run"]
@@ -108,9 +109,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     hardware = parser.add_argument_group("device and memory")
     hardware.add_argument("--device", metavar="DEVICE", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    hardware.add_argument(
-        "--dtype", metavar="DTYPE", help="auto (float16 on CUDA, else float32), float32, float16 or bfloat16"
-    )
+    add_precision_arguments(hardware)
     hardware.add_argument(
         "--attention-slicing", action=argparse.BooleanOptionalAction, help="compute attention in slices (less memory)"
     )
@@ -143,7 +142,7 @@ class _Plan:
     total: int
     namer: Any
     device: Any
-    dtype: Any
+    precision: Any  # depth2img.precision.Precision: the dtype of each model
     source: Any
 
 
@@ -152,13 +151,14 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
     import torch
 
+    from ..precision import apply_precision
     from .pipeline_setup import apply_options, load_pipeline
+    from .precision import loading_dtype
 
     settings = plan.settings
-    pipe = load_pipeline(
-        plan.source, dtype=plan.dtype, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory
-    )
-    pipe = pipe.to(plan.device)
+    dtype = loading_dtype(plan.precision)
+    pipe = load_pipeline(plan.source, dtype=dtype, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory)
+    pipe = apply_precision(pipe, plan.precision).to(plan.device)
     apply_options(
         pipe,
         scheduler=settings.scheduler,
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     except torch.OutOfMemoryError:
         raise CliError(
             f"out of memory on {plan.device} after {len(written)} of {plan.total} images; try --attention-slicing, "
-            "--vae-tiling, smaller -W/-H, or --dtype float16",
+            "--vae-tiling, smaller -W/-H, or --precision float16",
             EXIT_FAILURE,
         ) from None
     return 0
@@ -216,12 +216,12 @@ def _plan(args: argparse.Namespace) -> _Plan:
         _check_low_memory(source, settings)
     if source.kind != "repo":
         settings.model = source.location
-    from .devices import dtype_name, resolve_dtype  # imports torch: after the cheap checks
+    from .precision import resolve_precision  # imports torch: after the cheap checks
 
     device = _device(settings)
-    dtype = resolve_dtype(settings.dtype, device)
-    settings.device, settings.dtype = str(device), dtype_name(dtype)
-    return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source)
+    precision = resolve_precision(args.precision, args.dtype, device, settings.record)
+    settings.device, settings.dtype = str(device), precision.name
+    return _Plan(settings, images, user_depth, seed, total, namer, device, precision, source)
 
 
 def _input_images(settings: GenerateSettings) -> list[Path]:
@@ -284,7 +284,7 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
                 result = _one_image(pipe, settings, image, depth, prompt, seed)
                 record = image_record(
                     settings, prompt=prompt, image=image_path.resolve(), seed=seed, image_sha256=image_sha,
-                    depth_map_sha256=depth_sha, size=list(result.size),
+                    depth_map_sha256=depth_sha, size=list(result.size), **plan.precision.record(),
                 )  # fmt: skip
                 path = plan.namer.path_for(index, seed, image_path, prompt)
                 _save(path, result, record, sampler)
