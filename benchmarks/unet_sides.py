@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 SIDES = ("ours", "reference", "openvino")
 PRECISIONS = ("float32", "bfloat16")
@@ -61,26 +62,22 @@ def _reference_unet(ours: Any, config: str) -> Any:
     from depth2img.configuration import load_json
     from depth2img.loading.single_file import architecture_folder
 
-    reference = diffusers.UNet2DConditionModel.from_config(load_json(architecture_folder(config) / "unet" / "config.json"))
+    reference = diffusers.UNet2DConditionModel.from_config(
+        load_json(architecture_folder(config) / "unet" / "config.json")
+    )
     reference.load_state_dict(ours.state_dict(), strict=True)
     return reference.eval()
 
 
-class _ForwardOnly:
+class _ForwardOnly(torch.nn.Module):
     """The reference UNet as a module of plain tensors in and one tensor out, which OpenVINO can trace."""
 
-    def __new__(cls, unet: Any) -> Any:
-        import torch
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
 
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.unet = unet
-
-            def forward(self, sample, timestep, text):  # noqa: D401
-                return self.unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
-
-        return Wrapped().eval()
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
 
 
 def run_child(side: str, precision: str, size: int, repeats: int, config: str, save: Path) -> dict[str, Any]:
@@ -93,7 +90,7 @@ def run_child(side: str, precision: str, size: int, repeats: int, config: str, s
     if side == "openvino":
         import openvino
 
-        module = _ForwardOnly(_reference_unet(x["unet"], config))
+        module = _ForwardOnly(_reference_unet(x["unet"], config)).eval()
         example = (x["sample"], x["timestep"], x["text"])
         start = time.perf_counter()
         with torch.no_grad():
@@ -132,23 +129,11 @@ def run_child(side: str, precision: str, size: int, repeats: int, config: str, s
 
 # ---------------------------------------------------------------------------------------------- the parent
 def environment() -> dict[str, Any]:
-    """What makes results from different machines incomparable: CPU model and flags, torch, oneDNN, load."""
-    import torch
+    """The machine (``benchmarks.machine``), the load and the date."""
+    from .machine import machine
 
-    from depth2img.precision import BF16_CPU_FLAGS, cpu_flags, cpu_model_name
-
-    flags = cpu_flags()
-    relevant = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
-    onednn = next((line.strip("- ").strip() for line in torch.__config__.show().splitlines() if "DNN" in line), "")
     return {
-        "cpu": cpu_model_name(),
-        "cpu_count": os.cpu_count(),
-        "cpu_flags": relevant,
-        "bf16_flags": [f for f in BF16_CPU_FLAGS if f in flags],
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "onednn": onednn,
-        "threads": torch.get_num_threads(),
+        **machine(),
         "load_average_before": list(os.getloadavg()),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
