@@ -151,14 +151,14 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
     import torch
 
-    from ..precision import apply_precision
-    from .pipeline_setup import apply_options, load_pipeline
-    from .precision import loading_dtype
+    from .pipeline_setup import apply_options
+    from .precision import load_pipeline_in
 
     settings = plan.settings
-    dtype = loading_dtype(plan.precision)
-    pipe = load_pipeline(plan.source, dtype=dtype, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory)
-    pipe = apply_precision(pipe, plan.precision).to(plan.device)
+    pipe = load_pipeline_in(
+        plan.source, plan.precision, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory
+    )
+    pipe = pipe.to(plan.device)
     apply_options(
         pipe,
         scheduler=settings.scheduler,

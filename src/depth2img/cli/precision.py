@@ -16,7 +16,14 @@ from typing import Any
 
 from .errors import CliError, warn
 
-__all__ = ["PRECISION_HELP", "add_precision_arguments", "canonical_precision", "loading_dtype", "resolve_precision"]
+__all__ = [
+    "PRECISION_HELP",
+    "add_precision_arguments",
+    "canonical_precision",
+    "load_pipeline_in",
+    "loading_dtype",
+    "resolve_precision",
+]
 
 PRECISION_CHOICES = ("auto", "float32", "bfloat16", "float16")
 PRECISION_HELP = (
@@ -81,3 +88,12 @@ def loading_dtype(precision: Any) -> Any:
     import torch
 
     return precision.dtype if precision.uniform else torch.float32
+
+
+def load_pipeline_in(source: Any, precision: Any, **options: Any) -> Any:
+    """``pipeline_setup.load_pipeline(source, **options)`` with each model in its ``precision`` dtype: the one call
+    a command needs after ``resolve_precision`` (``generate`` uses it; ``batch`` and ``serve`` can too)."""
+    from ..precision import apply_precision
+    from .pipeline_setup import load_pipeline
+
+    return apply_precision(load_pipeline(source, dtype=loading_dtype(precision), **options), precision)
