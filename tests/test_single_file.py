@@ -714,3 +714,19 @@ def test_full_size_key_coverage():
     assert strip == {k.removeprefix("text_model."): tuple(v) for k, v in expected["text_encoder"].items()}
     converted = convert_state_dict(original, maps["text_encoder"], expected["text_encoder"], "text encoder")
     assert len(converted) == 372
+
+
+def test_from_single_file_takes_from_pretrained_dtype_and_device_keywords(tmp_path, tiny_original):
+    """``dtype=`` (diffusers' newer name), a per-component mapping and a single-device ``device_map``."""
+    from depth2img.pipeline import Depth2ImgPipeline
+
+    path = _write(tmp_path / "tiny.safetensors", tiny_original)
+    pipe = Depth2ImgPipeline.from_single_file(
+        path, config="tiny", dtype={"text_encoder": torch.bfloat16, "default": torch.float16}, device_map="cpu"
+    )
+    assert (pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype) == (torch.float16, torch.float16, torch.bfloat16)
+    assert pipe.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="disagree"):
+        Depth2ImgPipeline.from_single_file(path, config="tiny", torch_dtype=torch.float16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="device_map='balanced' is not supported"):
+        Depth2ImgPipeline.from_single_file(path, config="tiny", device_map="balanced")

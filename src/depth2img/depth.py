@@ -23,8 +23,11 @@ import torch
 from .utils.files import atomic_write_text
 
 __all__ = [
+    "DEPTH_NORMALIZE_MODES",
     "DPTPreprocessor",
     "DepthInputs",
+    "DepthNormalize",
+    "check_depth_normalize",
     "depth_map_to_tensor",
     "estimate_depth",
     "normalize_depth",
@@ -155,19 +158,33 @@ def estimate_depth(
     images: list[np.ndarray],
     device: torch.device,
     dtype: torch.dtype,
+    invert: bool | None = None,
 ) -> torch.Tensor:
-    """Relative depth (B, H', W') of (H, W, 3) uint8 ``images``, one estimator pass for the whole batch.
+    """Inverse depth (B, H', W'), near = large, of (H, W, 3) uint8 ``images``, one estimator pass for the batch.
 
-    The estimator computes in its own weights' dtype when it has one other than ``dtype`` (a mixed-precision
-    pipeline keeps it in float32 while the UNet uses bfloat16: ``depth2img.precision``)."""
+    With our ``DPTPreprocessor`` this is the DPT's raw ``predicted_depth`` (the reference's path). With a
+    transformers image processor, ZoeDepth's padding is removed from its output; a model that
+    predicts distance (metric depth) is converted to inverse depth, as decided by ``invert`` (None: from the
+    model's config). See ``depth2img.depth_models``.
+    """
+    from .depth_models import model_depth, needs_inversion, to_inverse_depth
+
+    # A mixed-precision pipeline keeps the estimator in float32 while the UNet uses bfloat16 (depth2img.precision):
+    # the estimator computes in its own weights' dtype.
     dtype = next((p.dtype for p in depth_estimator.parameters() if p.is_floating_point()), dtype)
+    invert = needs_inversion(depth_estimator, invert)  # before the model runs: a bad value fails early
     if isinstance(feature_extractor, DPTPreprocessor):
         pixel_values = torch.from_numpy(np.stack([feature_extractor.preprocess_one(image) for image in images]))
     else:
         pixel_values = feature_extractor(images=images, return_tensors="pt").pixel_values
     pixel_values = pixel_values.to(device=device, dtype=dtype)
     with _autocast(device, dtype):
-        return depth_estimator(pixel_values).predicted_depth
+        outputs = depth_estimator(pixel_values)
+    if isinstance(feature_extractor, DPTPreprocessor):
+        depth = outputs.predicted_depth
+    else:
+        depth = model_depth(depth_estimator, feature_extractor, outputs, [image.shape[:2] for image in images])
+    return to_inverse_depth(depth) if invert else depth
 
 
 # ---------------------------------------------------------------------------------------------- user depth maps
@@ -216,12 +233,45 @@ def depth_map_to_tensor(depth_map: Any) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- to latent size
-def normalize_depth(depth: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """(B, H, W) depth → (B, 1, h, w): bicubic resize to ``size``, then each map scaled to [-1, 1] by its own
-    min and max. A constant map (no depth structure) becomes all zeros rather than the reference's NaN."""
+DEPTH_NORMALIZE_MODES = ("image", "batch")
+DepthNormalize = str | tuple[float, float]  # "image", "batch", or a fixed (low, high) range
+
+
+def check_depth_normalize(mode: Any) -> DepthNormalize:
+    """``mode`` if valid: "image", "batch", or a (low, high) pair of finite numbers with low < high."""
+    if isinstance(mode, str) and mode in DEPTH_NORMALIZE_MODES:
+        return mode
+    if isinstance(mode, (tuple, list)) and len(mode) == 2 and all(_is_number(v) for v in mode):
+        low, high = float(mode[0]), float(mode[1])
+        if math.isfinite(low) and math.isfinite(high) and low < high:
+            return (low, high)
+    raise ValueError(
+        f"depth normalize={mode!r} is not allowed; use 'image' (per image), 'batch' (one range for the batch) or a "
+        "(low, high) range with low < high"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def normalize_depth(
+    depth: torch.Tensor, size: tuple[int, int], dtype: torch.dtype, mode: DepthNormalize = "image"
+) -> torch.Tensor:
+    """(B, H, W) depth → (B, 1, h, w): bicubic resize to ``size``, then scaled to [-1, 1] by the min and max of each
+    map (``mode="image"``, the reference's), of the whole batch (``"batch"``: the maps keep their relative depths,
+    so frames of a video stay consistent), or by a fixed ``(low, high)`` range (the same scale across calls, e.g.
+    over all frames of a video made one call at a time). A constant map (no depth structure) becomes all zeros
+    rather than the reference's NaN."""
+    mode = check_depth_normalize(mode)
     depth = torch.nn.functional.interpolate(depth.unsqueeze(1), size=size, mode="bicubic", align_corners=False)
-    depth_min = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
-    depth_max = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
+    if isinstance(mode, tuple):
+        depth_min = torch.tensor(mode[0], dtype=depth.dtype, device=depth.device)
+        depth_max = torch.tensor(mode[1], dtype=depth.dtype, device=depth.device)
+    else:
+        dims = [1, 2, 3] if mode == "image" else [0, 1, 2, 3]
+        depth_min = torch.amin(depth, dim=dims, keepdim=True)
+        depth_max = torch.amax(depth, dim=dims, keepdim=True)
     spread = depth_max - depth_min
     flat = spread == 0
     if bool(flat.any()):

@@ -36,8 +36,8 @@ from torch import nn
 
 from .components import LARGE_MODELS
 from .loading.component_files import ComponentFiles
+from .loading.load_options import resolve_dtypes
 from .loading.weights import StoredTensor, read_stored, read_weights, safetensors_layout
-from .utils.dtypes import resolve_dtype
 from .utils.memory import trim_heap
 
 __all__ = ["LowMemoryGroup", "ModelWeights", "Residence", "enable_low_memory"]
@@ -293,7 +293,7 @@ def enable_low_memory(
     Components without an entry in ``files`` (passed to ``from_pretrained`` as objects) stay resident and as
     they are, as do models whose parameters cannot all be matched to their weights files (with a warning).
     """
-    dtype = resolve_dtype(torch_dtype)
+    dtypes = resolve_dtypes(torch_dtype)  # one dtype, or one per component
     group = LowMemoryGroup()
     for name in LARGE_MODELS:
         module = models.get(name)
@@ -305,6 +305,7 @@ def enable_low_memory(
                 f"low_memory: the {name} stays in memory: its parameters could not be matched to a weights file",
                 stacklevel=3,
             )
+        dtype = dtypes.for_component(name)
         if dtype is not None:  # the models were loaded in the files' dtype; released ones cast when they load
             weights = group.weights_of(module)
             if weights is None:

@@ -80,9 +80,13 @@ def _one_per_output(batch: torch.Tensor, total: int, num_images_per_prompt: int)
     return batch.repeat_interleave(num_images_per_prompt, dim=0)
 
 
-def _latent_distribution(encoded: Any) -> Any:
-    """Our VAE's ``encode`` returns the distribution; diffusers-style VAEs wrap it in ``.latent_dist``."""
-    return getattr(encoded, "latent_dist", encoded)
+def _encoded_latents(encoded: Any, generator: torch.Generator | None) -> torch.Tensor:
+    """Latents from a VAE's ``encode`` output, as diffusers' ``retrieve_latents``: a sample of the distribution
+    (ours returns it directly, diffusers-style VAEs wrap it in ``.latent_dist``), or the ``.latents`` of a VAE
+    without one (TAESD), which draws nothing from the generator."""
+    if hasattr(encoded, "latents"):
+        return encoded.latents
+    return getattr(encoded, "latent_dist", encoded).sample(generator)
 
 
 class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins: adapters (depth2img/adapters)
@@ -122,6 +126,9 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         self._clip_skip: int | None = None
         self._cross_attention_kwargs: dict[str, Any] | None = None
         self._num_timesteps = 0
+        self.preview_vae: Any = None  # a fast decoder for previews, e.g. TAESD (depth2img/previews.py)
+        self.depth_invert: bool | None = None  # set_depth_options (depth2img/depth_models.py)
+        self.depth_normalize = "image"
 
     # ------------------------------------------------------------------ components, device, dtype
     @property
@@ -131,7 +138,8 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
 
     def _modules(self) -> list[torch.nn.Module]:
         # the UNet first: it holds most of the weights and decides the pipeline's device and dtype
-        return [m for m in (getattr(self, name) for name in LARGE_MODELS) if isinstance(m, torch.nn.Module)]
+        order = (*LARGE_MODELS, "preview_vae")
+        return [m for m in (getattr(self, name) for name in order) if isinstance(m, torch.nn.Module)]
 
     def to(self, *args: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move (and/or cast) every model: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``,
@@ -157,12 +165,17 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
     def device(self) -> torch.device:
         """Device of the models (of the UNet, which all others follow)."""
         for module in self._modules():
-            weights = self._weights_of(module)
-            if weights is not None:  # low_memory: a released model's weights are meta tensors
-                return weights.device
-            first = next(module.parameters(), None)
-            return first.device if first is not None else torch.device("cpu")
+            return self.device_of(module)
         return torch.device("cpu")
+
+    def device_of(self, module: torch.nn.Module) -> torch.device:
+        """Where ``module`` (one of this pipeline's models) computes: its parameters' device, or for a released
+        low-memory model (whose weights are meta tensors until it runs) the device it loads to."""
+        weights = self._weights_of(module)
+        if weights is not None:
+            return weights.device
+        first = next(module.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -182,17 +195,20 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         """Pixels per latent along each side: 2^(VAE blocks - 1), 8 for SD2."""
         if self.vae is None:
             return 8
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        config = self.vae.config  # TAESD configs written by us need not repeat decoder_block_out_channels
+        return 2 ** (len(config.get("block_out_channels") or config.decoder_block_out_channels) - 1)
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike | None = None,
-        torch_dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
         variant: str | None = None,
         local_files_only: bool = False,
         low_memory: bool = False,
+        dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
+        device_map: str | torch.device | int | None = None,
         **component_overrides: Any,
     ) -> Depth2ImgPipeline:
         """Load a pipeline folder (``model_index.json`` + one subfolder per component) or a Hub repo id.
@@ -201,32 +217,40 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         ``stabilityai/stable-diffusion-2-depth`` works too). Folders written by diffusers' ``save_pretrained``
         load unchanged. Keyword arguments named like components (``scheduler=...``, ``depth_estimator=None``)
         replace them instead of loading them; ``revision``, ``cache_dir`` and ``token`` go to the Hub.
+        ``torch_dtype`` (or ``dtype``, diffusers' newer name) is one dtype or a per-component mapping such as
+        ``{"unet": torch.bfloat16, "default": torch.float32}``; ``device_map`` names one device to load onto
+        (``"cpu"``, ``"cuda"``); see depth2img/loading/load_options.py.
         ``low_memory=True`` keeps each large model in memory only while it runs (peak memory about the UNet's
         weights plus activations instead of all models; same images, a little slower): see depth2img/offload.py.
         """
+        from .loading.load_options import resolve_device_map, resolve_dtypes
         from .loading.pipeline_folder import load_components
 
         if not isinstance(low_memory, bool):
             raise TypeError(f"low_memory must be True or False, got {low_memory!r}")
+        dtypes = resolve_dtypes(torch_dtype, dtype)  # both checked before anything loads
+        device = resolve_device_map(device_map)
         loaded = load_components(
             pretrained_model_name_or_path,
-            torch_dtype=None if low_memory else torch_dtype,  # low_memory converts each model when it loads
+            torch_dtype=None if low_memory else dtypes,  # low_memory converts each model when it loads
             variant=variant,
             local_files_only=local_files_only,
             **component_overrides,
         )
         pipe = cls(**loaded.components)
         if low_memory:  # implemented in depth2img/offload.py, from the files the loader recorded
-            pipe.low_memory = enable_low_memory(loaded.components, loaded.files, torch_dtype=torch_dtype)
-        return pipe
+            pipe.low_memory = enable_low_memory(loaded.components, loaded.files, torch_dtype=dtypes)
+        return pipe if device is None else pipe.to(device)
 
     # --- single-file checkpoints: implemented in depth2img/loading/single_file.py ---
     @classmethod
     def from_single_file(
         cls,
         path: str | os.PathLike,
-        torch_dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
         config: str | os.PathLike | None = None,
+        dtype: torch.dtype | str | dict[str, torch.dtype | str] | None = None,
+        device_map: str | torch.device | int | None = None,
         **component_overrides: Any,
     ) -> Depth2ImgPipeline:
         """Load an original SD2-depth checkpoint (``512-depth-ema.ckpt`` / ``.safetensors``), offline.
@@ -235,30 +259,68 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         The architecture comes from ``config``: ``"sd2-depth"`` (default, the published configs shipped with
         the package), ``"tiny"`` or a folder in the same layout. A checkpoint of another kind (e.g. SD1.x/SD2.x
         text-to-image, inpainting) is refused with an error saying what it is. Keyword arguments named like
-        components are used as given instead of being built. See docs/single-file.md.
+        components are used as given instead of being built. ``torch_dtype``/``dtype`` and ``device_map`` as in
+        ``from_pretrained``. See docs/single-file.md.
         """
+        from .loading.load_options import resolve_device_map, resolve_dtypes
         from .loading.single_file import load_single_file
 
-        return load_single_file(cls, path, torch_dtype=torch_dtype, config=config, **component_overrides)
+        dtypes = resolve_dtypes(torch_dtype, dtype)
+        device = resolve_device_map(device_map)
+        pipe = load_single_file(cls, path, torch_dtype=dtypes, config=config, **component_overrides)
+        return pipe if device is None else pipe.to(device)
 
     # --- end of single-file checkpoints ---
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, variant: str | None = None, max_shard_size: int | str | None = None
+        self,
+        save_directory: str | os.PathLike,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        safe_serialization: bool = True,
     ) -> None:
         """Write the pipeline in the diffusers layout (``model_index.json`` and a folder per component);
-        ``max_shard_size`` splits the UNet's and VAE's weights into shards (default 10GB, as diffusers)."""
+        ``max_shard_size`` splits the UNet's and VAE's weights into shards (default 10GB, as diffusers);
+        ``safe_serialization=False`` writes our models' weights as ``.bin`` instead of safetensors (transformers 5
+        writes safetensors whatever is asked)."""
         from .loading.pipeline_folder import save_pipeline
 
         # low_memory: released models load their weights to be saved
         with self.low_memory.all_loaded() if self.low_memory is not None else contextlib.nullcontext():
-            save_pipeline(self, save_directory, variant=variant, max_shard_size=max_shard_size)
+            save_pipeline(
+                self, save_directory, variant=variant, max_shard_size=max_shard_size,
+                safe_serialization=safe_serialization,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------ previews
+    def decode_preview(self, latents: torch.Tensor, output_type: str = "pil") -> Any:
+        """Images from the latents of a step (e.g. in ``callback_on_step_end``), decoded by ``pipe.preview_vae``
+        (TAESD: a few milliseconds) or, without one, by the pipeline's VAE. ``output_type``: "pil", "np" or
+        "pt". See depth2img/previews.py."""
+        from .previews import decode_preview
+
+        return decode_preview(self, latents, output_type)
+
+    # ------------------------------------------------------------------ depth options
+    def set_depth_options(self, invert: bool | None = None, normalize: str | tuple[float, float] = "image") -> None:
+        """How the depth estimator's output becomes the conditioning: ``invert`` turns a distance (metric depth)
+        into inverse depth (None: decided from the estimator's config, see depth2img/depth_models.py);
+        ``normalize`` scales each depth map to [-1, 1] by its own range ("image", the reference's), by the range
+        of the whole batch of a call ("batch"), or by a fixed ``(low, high)`` range (one scale across calls).
+        ``invert`` applies to estimated depth, ``normalize`` to estimated and given depth maps alike. Each call
+        sets both (the defaults restore the reference's behaviour)."""
+        from .depth import check_depth_normalize
+
+        if invert is not None and not isinstance(invert, bool):
+            raise TypeError(f"invert must be True, False or None (detect from the model), got {invert!r}")
+        self.depth_invert, self.depth_normalize = invert, check_depth_normalize(normalize)
 
     # ------------------------------------------------------------------ memory and speed toggles
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
-        """Compute attention in slices ("auto": two per head, "max": one at a time, or an int slice size):
-        less memory, a little slower. Applies to every model that supports it."""
-        self._call_on_models("set_attention_slice", slice_size, required=("unet",))
+        """Compute the UNet's attention in slices ("auto": two per head, "max": one at a time, or an int slice
+        size): less memory, a little slower. Only the UNet, as the reference: the VAE's one attention layer has a
+        single head and its memory is governed by VAE slicing/tiling instead."""
+        self._call_on_models("set_attention_slice", slice_size, names=("unet",), required=("unet",))
 
     def disable_attention_slicing(self) -> None:
         """Compute attention in one step again."""
@@ -307,12 +369,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
         required: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
-        for name in names:
-            model = getattr(self, name, None)
-            if model is not None and hasattr(model, method):
-                getattr(model, method)(*args, **kwargs)
-            elif name in required:
-                raise NotImplementedError(f"the {name} ({type(model).__name__}) does not support {method}()")
+        """All-or-nothing: a refused switch leaves every model as it was (depth2img/model_switches.py)."""
+        from .model_switches import call_on_models
+
+        call_on_models({name: getattr(self, name, None) for name in names}, method, *args, required=required, **kwargs)
 
     # ------------------------------------------------------------------ progress bar
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -408,10 +468,14 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
     ) -> torch.Tensor:
         """The depth conditioning (total x guidance copies, 1, h, w) in [-1, 1], estimated once per image."""
         if depth is None:
-            depth = estimate_depth(self.depth_estimator, self.feature_extractor, to_uint8_images(images), device, dtype)
+            pixels = to_uint8_images(images)
+            depth = estimate_depth(
+                self.depth_estimator, self.feature_extractor, pixels, device, dtype, self.depth_invert
+            )
         else:
             depth = depth.to(device=device, dtype=dtype)
-        depth = _one_per_output(normalize_depth(depth, latent_size, dtype), total, num_images_per_prompt)
+        depth = normalize_depth(depth, latent_size, dtype, self.depth_normalize)
+        depth = _one_per_output(depth, total, num_images_per_prompt)
         return torch.cat([depth] * 2) if do_classifier_free_guidance else depth
 
     def prepare_latents(
@@ -437,14 +501,10 @@ class Depth2ImgPipeline(TextualInversionLoaderMixin, LoraLoaderMixin):  # mixins
             if isinstance(generator, list):
                 image = _one_per_output(image, total, num_images_per_prompt)
                 init_latents = torch.cat(
-                    [
-                        _latent_distribution(self.vae.encode(image[i : i + 1])).sample(generator[i])
-                        for i in range(total)
-                    ],
-                    dim=0,
+                    [_encoded_latents(self.vae.encode(image[i : i + 1]), generator[i]) for i in range(total)], dim=0
                 )
             else:
-                init_latents = _latent_distribution(self.vae.encode(image)).sample(generator)
+                init_latents = _encoded_latents(self.vae.encode(image), generator)
             init_latents = self.vae.config.scaling_factor * init_latents
         init_latents = _one_per_output(init_latents, total, num_images_per_prompt)
         noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=dtype)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import argtypes
+from .component_options import add_component_arguments
 from .errors import CliError
 from .precision import add_precision_arguments
 from .settings import DEFAULT_MODEL
@@ -46,6 +47,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     add_precision_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but the written paths")
+    add_component_arguments(parser, vae=False)  # only the depth estimator runs here
     parser.set_defaults(run=run)
 
 
@@ -65,13 +67,15 @@ def _output_stems(output: str | None, images: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the inputs, load the estimator, write the maps."""
+    """Check the inputs, load the estimator, write the maps (all with one range under --depth-normalize batch)."""
+    from .component_options import apply_component_options, component_choice, load_components
     from .devices import resolve_device
     from .inputs import collect_images
     from .outputs import ensure_writable_folder
     from .pipeline_setup import check_model
     from .precision import resolve_precision
 
+    choice = component_choice(args)
     images = collect_images(args.images)
     stems = _output_stems(args.output, images)
     for folder in {stem.parent for stem in stems}:
@@ -80,21 +84,32 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_precision(args.precision, args.dtype, device).dtypes["depth_estimator"]
     source = check_model(args.model, args.offline)
 
-    from .depthmaps import estimate_depth, resize_depth, write_depth_npy, write_depth_png16, write_preview
+    from .depthmaps import estimate_depth, resize_depth, shared_range, write_depth_npy, write_depth_png16, write_preview
     from .inputs import load_rgb
     from .pipeline_setup import load_pipeline
 
-    pipe = load_pipeline(source, dtype=dtype, offline=args.offline, quiet=True, depth_only=True).to(device)
-    for number, (image_path, stem) in enumerate(zip(images, stems), start=1):
+    components = load_components(choice, dtype=dtype, offline=args.offline)
+    pipe = load_pipeline(
+        source, dtype=dtype, offline=args.offline, quiet=True, depth_only=True, components=components
+    ).to(device)
+    apply_component_options(pipe, choice)
+
+    def depth_of(number: int, image_path: Path) -> Any:
         if not args.quiet:
             print(f"depth2img: [{number}/{len(images)}] {image_path.name}", file=sys.stderr)
         image = load_rgb(image_path, args.width, args.height)
-        depth = resize_depth(estimate_depth(pipe, image), image.size)
+        return resize_depth(estimate_depth(pipe, image), image.size)
+
+    together = choice.depth_normalize == "batch"  # every map first, to find the run's range
+    depths = [depth_of(n, path) for n, path in enumerate(images, start=1)] if together else None
+    value_range = shared_range(depths) if together else None
+    for number, (image_path, stem) in enumerate(zip(images, stems), start=1):
+        depth = depths[number - 1] if depths is not None else depth_of(number, image_path)
         written = [stem.with_name(stem.name + ".png")]
-        write_depth_png16(written[0], depth)
+        write_depth_png16(written[0], depth, value_range)
         if not args.no_preview:
             written.append(stem.with_name(stem.name + "-color.png"))
-            write_preview(written[-1], depth)
+            write_preview(written[-1], depth, value_range)
         if args.npy:
             written.append(stem.with_name(stem.name + ".npy"))
             write_depth_npy(written[-1], depth)

@@ -18,7 +18,15 @@ from PIL import Image
 from ..utils.files import atomic_path, atomic_write_bytes
 from .colormap import viridis
 
-__all__ = ["estimate_depth", "normalized", "resize_depth", "write_depth_npy", "write_depth_png16", "write_preview"]
+__all__ = [
+    "estimate_depth",
+    "normalized",
+    "shared_range",
+    "resize_depth",
+    "write_depth_npy",
+    "write_depth_png16",
+    "write_preview",
+]
 
 
 @torch.no_grad()
@@ -32,7 +40,21 @@ def estimate_depth(pipe: Any, image: Image.Image) -> torch.Tensor:
     from ..images import describe_images, to_uint8_images
 
     pixels = to_uint8_images(describe_images(image))
-    return estimate(pipe.depth_estimator, pipe.feature_extractor, pixels, pipe.device, pipe.dtype)
+    invert = getattr(pipe, "depth_invert", None)  # --depth-invert (cli/depth_model_options.py)
+    return estimate(pipe.depth_estimator, pipe.feature_extractor, pixels, pipe.device, pipe.dtype, invert)
+
+
+def shared_range(depths: Any, sizes: Any = None) -> tuple[float, float]:
+    """(min, max) over all ``depths`` ((1, h, w) tensors or arrays), each first resized (bicubic, as the pipeline
+    resizes) to its ``sizes`` entry (height, width) when given: one scale for a whole run (--depth-normalize
+    batch). With one map and its latent size, this is the range the pipeline's per-image normalisation uses."""
+    values = [torch.as_tensor(depth).float().reshape(1, 1, *depth.shape[-2:]) for depth in depths]
+    if sizes is not None:
+        values = [
+            torch.nn.functional.interpolate(value, size=tuple(size), mode="bicubic", align_corners=False)
+            for value, size in zip(values, sizes)
+        ]
+    return min(float(d.min()) for d in values), max(float(d.max()) for d in values)
 
 
 def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -42,26 +64,29 @@ def resize_depth(depth: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return resized[0, 0].cpu().numpy()
 
 
-def normalized(depth: np.ndarray) -> np.ndarray:
-    """``depth`` scaled to [0, 1] (min → 0, max → 1); a constant map becomes all zeros instead of NaN."""
-    low, high = float(depth.min()), float(depth.max())
+def normalized(depth: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """``depth`` scaled to [0, 1] (min → 0, max → 1, or ``value_range``'s ends, clipped); a constant map becomes
+    all zeros instead of NaN."""
+    low, high = value_range or (float(depth.min()), float(depth.max()))
     if high - low < 1e-12:
         return np.zeros_like(depth, dtype=np.float64)
-    return (depth.astype(np.float64) - low) / (high - low)
+    return np.clip((depth.astype(np.float64) - low) / (high - low), 0.0, 1.0)
 
 
-def write_depth_png16(path: str | os.PathLike, depth: np.ndarray) -> None:
-    """``depth`` as a 16-bit grayscale PNG (min..max → 0..65535, white = near), written atomically."""
-    levels = np.round(normalized(depth) * 65535).astype(np.uint16)
+def write_depth_png16(
+    path: str | os.PathLike, depth: np.ndarray, value_range: tuple[float, float] | None = None
+) -> None:
+    """``depth`` as a 16-bit grayscale PNG (min..max, or ``value_range``, → 0..65535, white = near), atomically."""
+    levels = np.round(normalized(depth, value_range) * 65535).astype(np.uint16)
     image = Image.fromarray(levels)  # uint16 → mode "I;16", saved as a 16-bit grayscale PNG
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
 
-def write_preview(path: str | os.PathLike, depth: np.ndarray) -> None:
+def write_preview(path: str | os.PathLike, depth: np.ndarray, value_range: tuple[float, float] | None = None) -> None:
     """A viridis-coloured preview of ``depth`` (yellow = near, purple = far) as an 8-bit RGB PNG."""
     with atomic_path(path) as tmp:
-        Image.fromarray(viridis(normalized(depth))).save(tmp, format="PNG")
+        Image.fromarray(viridis(normalized(depth, value_range))).save(tmp, format="PNG")
 
 
 def write_depth_npy(path: str | os.PathLike, depth: np.ndarray) -> None:

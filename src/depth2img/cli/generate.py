@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import argtypes
+from .component_options import ComponentChoice, add_component_arguments
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, warn
 from .precision import add_precision_arguments
 from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
@@ -121,6 +122,8 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="hold each model in memory only while it runs (about 40%% less peak memory, same images)",
     )  # fmt: skip
 
+    add_component_arguments(parser)
+
     output = parser.add_argument_group("output")
     output.add_argument(
         "-o", "--output", metavar="PATH",
@@ -144,6 +147,7 @@ class _Plan:
     device: Any
     precision: Any  # depth2img.precision.Precision: the dtype of each model
     source: Any
+    components: ComponentChoice
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,13 +155,17 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
     import torch
 
+    from .component_options import apply_component_options, load_components
     from .pipeline_setup import apply_options
-    from .precision import load_pipeline_in
+    from .precision import load_pipeline_in, loading_dtype
 
     settings = plan.settings
+    components = load_components(plan.components, dtype=loading_dtype(plan.precision), offline=args.offline)
     pipe = load_pipeline_in(
-        plan.source, plan.precision, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory
-    )
+        plan.source, plan.precision, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory,
+        components=components,
+    )  # fmt: skip
+    apply_component_options(pipe, plan.components)
     pipe = pipe.to(plan.device)
     apply_options(
         pipe,
@@ -187,11 +195,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
+    from .component_options import component_choice
     from .inputs import load_depth_map
     from .outputs import OutputNamer
     from .pipeline_setup import check_adapter_support, check_model
 
     settings = resolve_settings(args)
+    components = component_choice(settings)
+    settings.depth_model, settings.vae = components.depth_model, components.vae  # recorded as resolved
+    if settings.vae_tiling and not components.vae_can_tile:
+        raise CliError("--vae-tiling does not work with TAESD (--vae): it has no tiled decoding; drop one of them")
     images = _input_images(settings)
     user_depth = None
     if settings.depth_map:
@@ -221,7 +234,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
     device = _device(settings)
     precision = resolve_precision(args.precision, args.dtype, device, settings.record)
     settings.device, settings.dtype = str(device), precision.name
-    return _Plan(settings, images, user_depth, seed, total, namer, device, precision, source)
+    return _Plan(settings, images, user_depth, seed, total, namer, device, precision, source, components)
 
 
 def _input_images(settings: GenerateSettings) -> list[Path]:
@@ -270,11 +283,15 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
     settings = plan.settings
     sampler = _sampler_label(pipe, settings.scheduler)
     depth_sha = file_sha256(Path(settings.depth_map)) if settings.depth_map else None
+    estimated = _depths_of_the_run(pipe, plan) if plan.components.depth_normalize == "batch" else {}
     index = 0
     for image_path in plan.images:
         image = load_rgb(image_path, settings.width, settings.height)
         user_depth = plan.user_depth
-        depth = estimate_depth(pipe, image) if user_depth is None else torch.from_numpy(user_depth)[None]
+        if user_depth is not None:
+            depth = torch.from_numpy(user_depth)[None]
+        else:
+            depth = estimated[image_path] if image_path in estimated else estimate_depth(pipe, image)
         image_sha = file_sha256(image_path)
         for prompt in settings.prompts:
             for _ in range(settings.num_images):
@@ -293,6 +310,25 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
                 if args.save_depth:
                     write_depth_png16(path.with_name(path.stem + "-depth.png"), resize_depth(depth, result.size))
                 index += 1
+
+
+def _depths_of_the_run(pipe: Any, plan: _Plan) -> dict[Path, Any]:
+    """--depth-normalize batch: every input's depth first, then one range for all of them (each call has one
+    image, so the pipeline's own "batch" mode would see one map at a time)."""
+    from .component_options import apply_component_options
+    from .depthmaps import estimate_depth, shared_range
+    from .inputs import load_rgb
+
+    if plan.user_depth is not None:
+        return {}
+    settings = plan.settings
+    depths, latent_sizes = {}, []
+    for path in plan.images:
+        image = load_rgb(path, settings.width, settings.height)
+        depths[path] = estimate_depth(pipe, image)
+        latent_sizes.append((image.height // pipe.vae_scale_factor, image.width // pipe.vae_scale_factor))
+    apply_component_options(pipe, plan.components, shared_range(depths.values(), latent_sizes))
+    return depths
 
 
 def _one_image(pipe: Any, settings: GenerateSettings, image: Any, depth: Any, prompt: str, seed: int) -> Any:

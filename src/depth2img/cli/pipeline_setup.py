@@ -90,12 +90,20 @@ def check_adapter_support(loras: list[tuple[str, float]], embeddings: list[tuple
 
 
 def load_pipeline(
-    source: ModelSource, *, dtype: Any, offline: bool, quiet: bool, depth_only: bool = False, low_memory: bool = False
+    source: ModelSource,
+    *,
+    dtype: Any,
+    offline: bool,
+    quiet: bool,
+    depth_only: bool = False,
+    low_memory: bool = False,
+    components: dict[str, Any] | None = None,
 ) -> Any:
     """Load the pipeline from ``source`` in ``dtype``; loading failures become one-line errors.
 
     ``depth_only`` skips the UNet, VAE and text encoder of a folder or repo (``depth2img depth`` needs only
-    the estimator): nothing of theirs is read or downloaded.
+    the estimator): nothing of theirs is read or downloaded. ``components`` are used instead of the model's own
+    (``component_options.load_components``: --depth-model).
     """
     from transformers.utils import logging as transformers_logging
 
@@ -103,7 +111,7 @@ def load_pipeline(
     from ..pipeline import Depth2ImgPipeline
 
     transformers_logging.disable_progress_bar()  # per-tensor "Loading weights" bars: noise on a command line
-    options: dict[str, Any] = {"torch_dtype": dtype}
+    options: dict[str, Any] = {"torch_dtype": dtype, **(components or {})}
     if low_memory:  # folders and repo ids only: checked before loading (generate._check_low_memory)
         options["low_memory"] = True
     try:

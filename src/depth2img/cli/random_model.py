@@ -3,7 +3,8 @@
 The folder has the published layout (``model_index.json``, one subfolder per component), so every command
 and ``Depth2ImgPipeline.from_pretrained`` load it like the real model — but it makes NOISE, not pictures.
 ``--config sd2-depth`` has the real architecture (about 1.4 billion parameters, ~5.6 GB in float32);
-``tiny`` is a few hundred thousand parameters and loads in a blink.
+``tiny`` is a few hundred thousand parameters and loads in a blink. ``taesd`` / ``taesd-tiny`` write a random
+TAESD (the tiny autoencoder) instead, a VAE folder for ``generate --vae``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .errors import CliError
 
 __all__ = ["add_parser", "run"]
 
-CONFIGS = ("tiny", "sd2-depth")
+CONFIGS = ("tiny", "sd2-depth", "taesd", "taesd-tiny")  # the last two: a TAESD folder (--vae), not a pipeline
 
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"OUT_DIR: {out_dir} is not empty; choose a new folder or pass --overwrite to replace it")
     ensure_writable_folder(out_dir.parent, flag="OUT_DIR")
 
+    if args.config.startswith("taesd"):
+        return _write_taesd(args, out_dir)
     from ..loading.random_model import write_random_pipeline
 
     # The folder appears complete or not at all (written beside it, then renamed), even on Ctrl-C.
@@ -57,6 +60,19 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"depth2img: wrote a RANDOM-WEIGHTS model ({args.config} architecture) to {out_dir}: it makes noise, "
         f"not pictures. Try it: depth2img generate -m {out_dir} -i examples/room.jpg -p test --steps 2{size}",
+        file=sys.stderr,
+    )
+    print(out_dir)
+    return 0
+
+
+def _write_taesd(args: argparse.Namespace, out_dir: Path) -> int:
+    from ..loading.random_taesd import write_random_taesd
+
+    write_random_taesd(out_dir, config=args.config, seed=args.seed, overwrite=args.overwrite)
+    print(
+        f"depth2img: wrote a RANDOM-WEIGHTS TAESD ({args.config}) to {out_dir}: it decodes noise. Use it with "
+        f"depth2img generate --vae {out_dir} ...",
         file=sys.stderr,
     )
     print(out_dir)

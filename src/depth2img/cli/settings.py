@@ -42,6 +42,10 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "dtype": "auto",
     "attention_slicing": False,
     "vae_tiling": False,
+    "depth_model": None,  # the flags of component_options.py, with its defaults
+    "depth_invert": "auto",
+    "depth_normalize": "image",
+    "vae": None,
 }
 
 # Record keys (one image) that differ from the flag names (one run).
@@ -73,6 +77,10 @@ class GenerateSettings:
     dtype: str
     attention_slicing: bool
     vae_tiling: bool
+    depth_model: str | None
+    depth_invert: str
+    depth_normalize: str
+    vae: str | None
     # Where the values came from: keys taken from --from-png, and that record's input checksums.
     from_record: set[str] = field(default_factory=set)
     record: dict[str, Any] = field(default_factory=dict)

@@ -88,7 +88,7 @@ def load_model_and_files(
     except FileNotFoundError as error:
         if is_local_folder(name_or_path):
             raise
-        raise FileNotFoundError(f"{error}; {download_hint(str(name_or_path))}") from None
+        raise type(error)(f"{error}; {download_hint(str(name_or_path))}") from None  # VariantNotFoundError stays
     source = files[0] if len(files) == 1 else files[0].parent
     current = model.state_dict()
     expected = {key: tensor.shape for key, tensor in current.items()}

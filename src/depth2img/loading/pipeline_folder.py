@@ -18,12 +18,12 @@ import torch
 
 from ..components import COMPONENT_NAMES, DEFAULT_REPO_ID, LEGACY_REPO_IDS
 from ..configuration import load_json
-from ..utils.dtypes import resolve_dtype
 from ..utils.files import atomic_write_text
 from .component_files import ComponentFiles, transformers_model_files
 from .hub import ModelFilesNotFoundError, is_local_folder, resolve_folder
+from .load_options import resolve_dtypes
 from .model_folder import load_model_and_files
-from .weights import parse_shard_size, variant_name
+from .weights import VariantNotFoundError, parse_shard_size, variant_name
 
 __all__ = [
     "FEATURE_EXTRACTOR_CLASSES",
@@ -60,7 +60,7 @@ class LoadedComponents:
 def load_components(
     name_or_path: str | os.PathLike | None = None,
     *,
-    torch_dtype: torch.dtype | str | None = None,
+    torch_dtype: Any = None,
     variant: str | None = None,
     local_files_only: bool = False,
     **kwargs: Any,
@@ -74,7 +74,7 @@ def load_components(
             f"local_files_only, {', '.join(_HUB_OPTIONS)}, and components to use as they are: "
             f"{', '.join(COMPONENT_NAMES)}"
         )
-    dtype = resolve_dtype(torch_dtype)
+    dtypes = resolve_dtypes(torch_dtype)  # one dtype, or one per component (load_options.py)
     source = _resolve_source(DEFAULT_REPO_ID if name_or_path is None else name_or_path, local_files_only, hub_options)
     index_path = resolve_folder(source, allow_patterns=[INDEX_NAME], local_files_only=local_files_only, **hub_options)
     index = load_json(index_path / INDEX_NAME)
@@ -91,7 +91,7 @@ def load_components(
             continue
         library, class_name = _entry(entry, name, index_path / INDEX_NAME)
         loader = _component_loader(library, class_name, name)
-        component, files = loader(source, name, dtype, variant, local_files_only, hub_options)
+        component, files = loader(source, name, dtypes.for_component(name), variant, local_files_only, hub_options)
         loaded.components[name] = component
         if isinstance(component, torch.nn.Module):
             loaded.files[name] = files
@@ -134,7 +134,11 @@ def _component_loader(library: str, class_name: str, name: str):
         return _load_preprocessor
     if name == "scheduler":
         return _scheduler_loader(class_name)
-    if library in ("diffusers", "depth2img") and class_name in ("UNet2DConditionModel", "AutoencoderKL"):
+    if library in ("diffusers", "depth2img") and class_name in (
+        "UNet2DConditionModel",
+        "AutoencoderKL",
+        "AutoencoderTiny",
+    ):
         return _our_model_loader(class_name)
     if library == "transformers":
         return _transformers_loader(class_name, name)
@@ -209,7 +213,7 @@ def _transformers_loader(class_name: str, name: str):
         if not is_model:  # tokenizer
             return _load_tokenizer(component_cls, folder), None
         model = component_cls.from_pretrained(
-            folder, variant=variant, local_files_only=True, **{_dtype_keyword(): dtype or torch.float32}
+            folder, variant=variant, local_files_only=True, **{transformers_dtype_keyword(): dtype or torch.float32}
         )
         return model.eval(), transformers_model_files(folder, variant, dtype)
 
@@ -233,10 +237,16 @@ def _fetch_transformers_files(source, name, variant, is_model, local_files_only,
         )
         if any(folder.glob(variant_name("*.safetensors", variant))) or any(folder.glob("*.bin")):
             return folder
+    if variant and not any(folder.glob(variant_name("*.bin", variant))):
+        present = sorted(p.name for p in folder.glob("*.safetensors")) + sorted(p.name for p in folder.glob("*.bin"))
+        raise VariantNotFoundError(
+            f"no {variant!r} variant of the {name} in {folder}: expected {variant_name('model.safetensors', variant)}"
+            + (f"; found {', '.join(present)} (load without variant=...)" if present else "")
+        )
     return folder  # let transformers name what is missing
 
 
-def _dtype_keyword() -> str:
+def transformers_dtype_keyword() -> str:
     """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
     import transformers
 
@@ -274,13 +284,17 @@ def save_pipeline(
     save_directory: str | os.PathLike,
     variant: str | None = None,
     max_shard_size: int | str | None = None,
+    safe_serialization: bool = True,
 ) -> Path:
     """Write every component into its subfolder, then ``model_index.json`` (last, so a folder with an index is
-    complete); returns the folder. ``max_shard_size`` applies to our models (UNet, VAE)."""
+    complete); returns the folder. ``max_shard_size`` and ``safe_serialization`` apply to our models (UNet, VAE),
+    and ``safe_serialization`` also to transformers models whose ``save_pretrained`` still takes it (4.x)."""
     from .. import __version__
     from ..models.modeling import ModelMixin
 
     parse_shard_size(max_shard_size)  # a bad size is reported before anything is written
+    if not isinstance(safe_serialization, bool):
+        raise TypeError(f"safe_serialization must be True or False, got {safe_serialization!r}")
     _refuse_wrapped_layers(pipe, COMPONENT_NAMES)
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -296,9 +310,17 @@ def save_pipeline(
             options["variant"] = variant
         if isinstance(component, ModelMixin):
             options["max_shard_size"] = max_shard_size
+        if isinstance(component, torch.nn.Module) and _takes_keyword(component.save_pretrained, "safe_serialization"):
+            options["safe_serialization"] = safe_serialization
         component.save_pretrained(target, **options)
     atomic_write_text(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return folder
+
+
+def _takes_keyword(function: Any, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(function).parameters
 
 
 def _refuse_wrapped_layers(pipe: Any, names: tuple[str, ...] | list[str]) -> None:

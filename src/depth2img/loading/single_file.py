@@ -27,10 +27,10 @@ import torch
 from ..components import COMPONENT_NAMES
 from ..configuration import load_json
 from ..utils.arguments import refuse_unknown_arguments
-from ..utils.dtypes import resolve_dtype
 from .detect import NotADepthCheckpointError, require_depth_checkpoint
 from .empty_init import parameters_on_meta
 from .keymaps import KeyMap, convert_state_dict, ldm_unet, ldm_vae, midas_dpt, open_clip
+from .load_options import resolve_dtypes
 from .model_folder import fill_model
 from .weights import InvalidWeightsError
 
@@ -154,7 +154,7 @@ def load_single_file(
     pipeline_class: type,
     path: str | os.PathLike,
     *,
-    torch_dtype: torch.dtype | str | None = None,
+    torch_dtype: Any = None,
     config: str | os.PathLike | None = None,
     **components: Any,
 ) -> Any:
@@ -165,7 +165,7 @@ def load_single_file(
         COMPONENT_NAMES,
         f"torch_dtype, config, and components to use as they are: {', '.join(COMPONENT_NAMES)}",
     )
-    dtype = resolve_dtype(torch_dtype)
+    dtypes = resolve_dtypes(torch_dtype)  # one dtype, or one per component (load_options.py)
     folder = architecture_folder("sd2-depth" if config is None else config)
     path = Path(path)
     checkpoint = read_checkpoint(path)
@@ -178,10 +178,12 @@ def load_single_file(
 
     built = dict(components)
     loaders = {
-        "unet": lambda: _load_unet(folder, checkpoint, path, dtype),
-        "vae": lambda: _load_vae(folder, checkpoint, path, dtype),
-        "text_encoder": lambda: _load_text_encoder(folder, checkpoint, path, dtype),
-        "depth_estimator": lambda: _load_depth_estimator(folder, checkpoint, path, dtype),
+        "unet": lambda: _load_unet(folder, checkpoint, path, dtypes.for_component("unet")),
+        "vae": lambda: _load_vae(folder, checkpoint, path, dtypes.for_component("vae")),
+        "text_encoder": lambda: _load_text_encoder(folder, checkpoint, path, dtypes.for_component("text_encoder")),
+        "depth_estimator": lambda: _load_depth_estimator(
+            folder, checkpoint, path, dtypes.for_component("depth_estimator")
+        ),
         "tokenizer": lambda: _load_tokenizer(folder),
         "scheduler": lambda: _load_scheduler(folder),
         "feature_extractor": lambda: _load_feature_extractor(folder),

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_SHARD_SIZE",
     "InvalidWeightsError",
     "StoredTensor",
+    "VariantNotFoundError",
     "check_state_dict",
     "find_weights_files",
     "parse_shard_size",
@@ -66,6 +67,11 @@ _READ_CHUNK_BYTES = 16 << 20  # working set of a converting read: bounded, and l
 
 class InvalidWeightsError(ValueError):
     """A weights file that cannot be read, or whose tensors do not fit the model."""
+
+
+class VariantNotFoundError(FileNotFoundError, ValueError):
+    """No weights of the requested ``variant``. Both a ``FileNotFoundError`` (a file is missing: what depth2img
+    raised before) and a ``ValueError`` (what diffusers raises for it), so code written for either catches it."""
 
 
 def variant_name(file_name: str, variant: str | None) -> str:
@@ -155,7 +161,8 @@ def find_weights_files(
     variants = sorted({v for v in map(lambda name: _variant_of(name, base), present) if v and v != variant})
     if variants:
         hint += f" (variants there: {', '.join(variants)}; choose one with variant=...)"
-    raise FileNotFoundError(f"no weights file in {folder}: expected {' or '.join(expected)}{hint}")
+    error = VariantNotFoundError if variant else FileNotFoundError
+    raise error(f"no weights file in {folder}: expected {' or '.join(expected)}{hint}")
 
 
 def _variant_of(file_name: str, base: str) -> str | None:

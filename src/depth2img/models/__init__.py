@@ -3,6 +3,7 @@
 from .attention import Attention, AttentionBackendMixin
 from .blocks import use_reference_arithmetic
 from .modeling import ModelMixin
+from .taesd import AutoencoderTiny, AutoencoderTinyOutput
 from .unet import UNet2DConditionModel, UNet2DConditionOutput
 from .vae import AutoencoderKL, AutoencoderKLOutput, DecoderOutput, DiagonalGaussianDistribution
 
@@ -11,6 +12,8 @@ __all__ = [
     "AttentionBackendMixin",
     "AutoencoderKL",
     "AutoencoderKLOutput",
+    "AutoencoderTiny",
+    "AutoencoderTinyOutput",
     "DecoderOutput",
     "DiagonalGaussianDistribution",
     "ModelMixin",
