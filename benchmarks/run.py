@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .cases import STAGE_FUNCTIONS, STAGES, as_array, make_inputs
+from .machine import machine
 from .memory import trim_heap
 from .report import markdown_table
 from .sides import OURS, REFERENCE, load_pipeline, quiet_libraries, running, variant
@@ -87,7 +88,7 @@ SUITES = {
         threads=1,  # tiny models spend their time synchronising threads on a busy machine
         device="cpu",
         dtype="float32",
-        variants=("default", "low_memory", "channels_last", "bf16"),
+        variants=("default", "low_memory", "channels_last", "bf16", "precision_auto"),
         memory_variants=("default", "low_memory"),
     ),
     "cpu": Suite(
@@ -101,8 +102,8 @@ SUITES = {
         threads=0,
         device="cpu",
         dtype="float32",
-        variants=("default", "reference_arithmetic", "channels_last", "compile", "bf16"),
-        memory_variants=("default", "low_memory", "low_memory_bf16"),
+        variants=("default", "reference_arithmetic", "channels_last", "compile", "bf16", "precision_auto"),
+        memory_variants=("default", "low_memory", "low_memory_bf16", "precision_auto"),
     ),
     "gpu": Suite(
         architecture="sd2-depth",
@@ -207,6 +208,7 @@ def environment(device: str) -> dict[str, Any]:
         "device_name": name,
         "cpu_count": os.cpu_count(),
         "load_average_before": list(os.getloadavg()),
+        **machine(),  # CPU model and flags, torch's dispatch level, oneDNN
     }
 
 

@@ -32,12 +32,16 @@ class Variant:
     description: str
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     dtype: torch.dtype | None = None  # the weights' dtype, instead of the suite's (inputs are cast to it too)
+    load_dtype: torch.dtype | None = None  # load in this one instead, when ``setup`` casts each model itself
     setup: Callable[[Any], None] | None = None  # called on the loaded pipeline
     context: Callable[[], contextlib.AbstractContextManager] | None = None  # wraps every timed call
 
     def unavailable_reason(self) -> str | None:
         """Why this variant cannot run with the installed depth2img, or None."""
         from depth2img import Depth2ImgPipeline
+
+        if self.setup is _precision_auto and _auto_precision() is None:
+            return "this depth2img has no depth2img.precision (--precision) yet"
 
         accepted = inspect.signature(Depth2ImgPipeline.from_pretrained).parameters
         missing = [key for key in self.load_kwargs if key not in accepted]
@@ -57,6 +61,21 @@ def _vae_channels_last(pipe: Any) -> None:
 
 def _reference_arithmetic(pipe: Any) -> None:
     pipe.use_reference_arithmetic()
+
+
+def _auto_precision() -> Any:
+    """What ``--precision auto`` resolves to for the CPU (None with a depth2img from before --precision)."""
+    try:
+        from depth2img.precision import choose_precision
+    except ImportError:
+        return None
+    return choose_precision("auto", "cpu")
+
+
+def _precision_auto(pipe: Any) -> None:
+    from depth2img.precision import apply_precision
+
+    apply_precision(pipe, _auto_precision())
 
 
 def _compile_unet(pipe: Any) -> None:
@@ -101,6 +120,15 @@ VARIANTS: dict[str, Variant] = {
             False,
             "from_pretrained(folder, torch_dtype=torch.bfloat16): bfloat16 weights and activations (approximate)",
             dtype=torch.bfloat16,
+        ),
+        Variant(
+            "precision_auto",
+            False,
+            "--precision auto on this CPU: bfloat16 UNet, VAE and text encoder where the CPU has amx_bf16 or "
+            "avx512_bf16 (depth estimator float32), float32 elsewhere (depth2img.precision; approximate)",
+            dtype=getattr(_auto_precision(), "dtype", None),
+            load_dtype=torch.float32,
+            setup=_precision_auto,
         ),
         Variant(
             "low_memory_bf16",
@@ -155,7 +183,7 @@ def load_pipeline(
         from depth2img import Depth2ImgPipeline
 
         chosen = variant(variant_name)
-        dtype = chosen.dtype or dtype
+        dtype = chosen.load_dtype or chosen.dtype or dtype
         pipe = Depth2ImgPipeline.from_pretrained(str(folder), torch_dtype=dtype, **chosen.load_kwargs)
         if chosen.setup is not None:
             chosen.setup(pipe)

@@ -113,3 +113,15 @@ def test_gpu_suite_without_cuda_says_so():
 
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         main(["--suite", "gpu"])
+
+
+def test_result_records_the_machine(tiny_result):
+    """CPU model and flags, torch's dispatch level and oneDNN: results of different machines are never mixed."""
+    from depth2img.precision import cpu_flags
+
+    result, _ = tiny_result
+    machine = result["environment"]
+    assert machine["cpu"] and machine["torch"] == torch.__version__
+    assert set(machine["cpu_flags"]) <= cpu_flags() and set(machine["bf16_flags"]) <= set(machine["cpu_flags"])
+    assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert "DNN" in machine["onednn"] or not torch.backends.mkldnn.is_available()

@@ -84,7 +84,7 @@ def test_bad_inputs_are_found_before_any_model_is_loaded(capsys, tmp_path, photo
         (["-i", str(photo), "-p", "x", "-o", str(tmp_path / "{colour}.png")], "bad field 'colour'"),
         (["-i", str(photo), "-p", "x", "-o", str(tmp_path / "notes.txt" / "sub/")], "cannot write to folder"),
         (["-i", str(photo), "-p", "x", "--device", "tpu"], "--device: unknown device 'tpu'"),
-        (["-i", str(photo), "-p", "x", "--dtype", "int8"], "--dtype: unknown dtype 'int8'"),
+        (["-i", str(photo), "-p", "x", "--dtype", "int8"], "--dtype: unknown precision 'int8'"),
         (["-i", str(photo), "-p", "x", "--from-png", str(photo)], "has no depth2img parameters"),
         (["-i", str(photo), "-p", "x", "-m", str(tmp_path / "x.safetensors")], "--model: "),
         (["-i", str(photo), "-p", "x", "--lora", str(tmp_path / "gone.safetensors:0.7")], "--lora: file not found"),

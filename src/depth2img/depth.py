@@ -169,6 +169,9 @@ def estimate_depth(
     """
     from .depth_models import model_depth, needs_inversion, to_inverse_depth
 
+    # A mixed-precision pipeline keeps the estimator in float32 while the UNet uses bfloat16 (depth2img.precision):
+    # the estimator computes in its own weights' dtype.
+    dtype = next((p.dtype for p in depth_estimator.parameters() if p.is_floating_point()), dtype)
     invert = needs_inversion(depth_estimator, invert)  # before the model runs: a bad value fails early
     if isinstance(feature_extractor, DPTPreprocessor):
         pixel_values = torch.from_numpy(np.stack([feature_extractor.preprocess_one(image) for image in images]))

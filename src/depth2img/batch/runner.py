@@ -44,6 +44,7 @@ class RunConfig:
     threads: int | None = None  # torch threads for this runner (None: leave torch's default)
     components: ComponentChoice = dataclasses.field(default_factory=ComponentChoice)  # --depth-model, --vae, ...
     max_pixels: int | None = None  # --max-pixels (None: depth2img.images.MAX_PIXELS)
+    precision: Any = None  # depth2img.precision.Precision from --precision (None: settings.dtype for every model)
 
 
 def job_record(job: Job, status: str, seconds: float, error: str | None = None) -> dict[str, Any]:
@@ -67,22 +68,24 @@ class JobRunner:
         import torch
 
         from ..cli.component_options import apply_component_options, load_components
-        from ..cli.devices import resolve_device, resolve_dtype
-        from ..cli.pipeline_setup import apply_options, load_pipeline
+        from ..cli.devices import resolve_device
+        from ..cli.pipeline_setup import apply_options
+        from ..cli.precision import load_pipeline_in, loading_dtype, resolve_precision
 
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
         settings = config.settings
         self.device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, self.device)
-        pipe = load_pipeline(
+        # the driver's --precision (the same per-model dtypes as generate), else the recorded dtype for all models
+        precision = config.precision or resolve_precision(settings.dtype, None, self.device)
+        pipe = load_pipeline_in(
             config.source,
-            dtype=dtype,
+            precision,
             offline=config.offline,
             quiet=True,
             low_memory=config.low_memory,
-            components=load_components(config.components, dtype=dtype, offline=config.offline),
+            components=load_components(config.components, dtype=loading_dtype(precision), offline=config.offline),
         )
         apply_component_options(pipe, config.components)
         self.pipe = pipe.to(self.device)

@@ -90,14 +90,14 @@ def run(args: argparse.Namespace) -> int:
     announce_size_rounding(settings.width, settings.height)
     settings.seed = _base_seed(args, settings)
     requested_device = settings.device
-    source, _, _ = check_model_options(settings, args)
+    source, _, precision = check_model_options(settings, args)
     if args.engine == "ray" and requested_device == "auto":
         settings.device = "auto"  # each actor picks its own (a GPU where its node has one)
     store = open_store(args.output)
     local_root = None if "://" in store.root else Path(store.root)
     config = RunConfig(
         settings, source, store.root, args.batch_size, args.save_depth, args.offline, args.low_memory, args.threads,
-        components, args.max_pixels,
+        components, args.max_pixels, precision,
     )  # fmt: skip
     engine = EngineOptions(args.engine, args.workers, args.ray_address)
     summary = BatchSummary()

@@ -15,6 +15,7 @@ from typing import Any
 from . import argtypes
 from .component_options import add_component_arguments
 from .errors import CliError
+from .precision import add_precision_arguments
 from .settings import DEFAULT_MODEL
 
 __all__ = ["add_parser", "run"]
@@ -48,7 +49,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("-m", "--model", default=DEFAULT_MODEL, help=f"model holding the estimator ({DEFAULT_MODEL})")
     parser.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, else float32), float32, ...")
+    add_precision_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but the written paths")
     add_component_arguments(parser, vae=False)  # only the depth estimator runs here
     parser.set_defaults(run=run)
@@ -72,10 +73,11 @@ def _output_stems(output: str | None, images: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Check the inputs, load the estimator, write the maps (all with one range under --depth-normalize batch)."""
     from .component_options import component_choice
-    from .devices import resolve_device, resolve_dtype
+    from .devices import resolve_device
     from .inputs import announce_size_rounding, check_resized_sizes, collect_images
     from .outputs import ensure_writable_folder, missing_folders, remove_empty_folders
     from .pipeline_setup import check_model
+    from .precision import resolve_precision
 
     choice = component_choice(args)
     images = collect_images(args.images, max_pixels=args.max_pixels)
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     check_resized_sizes(images, args.width, args.height, args.max_pixels)
     stems = _output_stems(args.output, images)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = resolve_precision(args.precision, args.dtype, device).dtypes["depth_estimator"]
     source = check_model(args.model, args.offline)
     created = [folder for parent in {stem.parent for stem in stems} for folder in missing_folders(parent)]
     for folder in {stem.parent for stem in stems}:

@@ -57,7 +57,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` (float16 on CUDA, float32 elsewhere) or one of ``DTYPES``."""
+    """``auto`` (float16 on CUDA, float32 elsewhere) or one of ``DTYPES``.
+
+    Superseded by ``cli.precision.resolve_precision`` (``--precision``, per-model dtypes); kept only until the
+    ``batch`` and ``serve`` front ends move to it, then to be removed."""
     name = name.strip().lower()
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32

@@ -21,6 +21,7 @@ from typing import Any
 from . import argtypes
 from .component_options import ComponentChoice, add_component_arguments
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError, route_library_warnings, warn
+from .precision import add_precision_arguments
 from .settings import DEFAULT_MODEL, GenerateSettings, a1111_fields, image_record, resolve_settings
 
 __all__ = [
@@ -134,9 +135,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> tuple[Any, Any]
 
     hardware = parser.add_argument_group("device and memory")
     hardware.add_argument("--device", metavar="DEVICE", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    hardware.add_argument(
-        "--dtype", metavar="DTYPE", help="auto (float16 on CUDA, else float32), float32, float16 or bfloat16"
-    )
+    add_precision_arguments(hardware)
     hardware.add_argument(
         "--attention-slicing", action=argparse.BooleanOptionalAction, help="compute attention in slices (less memory)"
     )
@@ -167,7 +166,7 @@ class _Plan:
     total: int
     namer: Any
     device: Any
-    dtype: Any
+    precision: Any  # depth2img.precision.Precision: the dtype of each model
     source: Any
     components: ComponentChoice
 
@@ -190,12 +189,13 @@ def _load_and_generate(plan: _Plan, args: argparse.Namespace, written: list[Path
 
     from .component_options import apply_component_options, load_components
     from .model_check import check_clip_skip_flag
-    from .pipeline_setup import apply_options, load_pipeline
+    from .pipeline_setup import apply_options
+    from .precision import load_pipeline_in, loading_dtype
 
     settings = plan.settings
-    components = load_components(plan.components, dtype=plan.dtype, offline=args.offline)
-    pipe = load_pipeline(
-        plan.source, dtype=plan.dtype, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory,
+    components = load_components(plan.components, dtype=loading_dtype(plan.precision), offline=args.offline)
+    pipe = load_pipeline_in(
+        plan.source, plan.precision, offline=args.offline, quiet=args.quiet, low_memory=args.low_memory,
         components=components,
     )  # fmt: skip
     apply_component_options(pipe, plan.components)
@@ -222,7 +222,7 @@ def _load_and_generate(plan: _Plan, args: argparse.Namespace, written: list[Path
     except torch.OutOfMemoryError:
         raise CliError(
             f"out of memory on {plan.device} after {len(written)} of {plan.total} images; try --attention-slicing, "
-            "--vae-tiling, smaller -W/-H, or --dtype float16",
+            "--vae-tiling, smaller -W/-H, or --precision float16",
             EXIT_FAILURE,
         ) from None
 
@@ -249,8 +249,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if seed + total > 2**63:
         raise CliError(f"--seed: {seed} + {total} images runs past the largest seed (2**63 - 1)")
     namer = OutputNamer(args.output or DEFAULT_OUTPUT, total)
-    source, device, dtype = check_model_options(settings, args, before_model=namer.prepare)
-    return _Plan(settings, images, user_depth, seed, total, namer, device, dtype, source, components)
+    source, device, precision = check_model_options(settings, args, before_model=namer.prepare)
+    return _Plan(settings, images, user_depth, seed, total, namer, device, precision, source, components)
 
 
 def check_settings(settings: GenerateSettings) -> ComponentChoice:
@@ -285,14 +285,14 @@ def check_model_options(
     _check_against_model(source, settings)
     if source.kind != "repo":
         settings.model = source.location
-    from .devices import dtype_name, resolve_dtype  # imports torch: after the cheap checks
+    from .precision import resolve_precision  # imports torch: after the cheap checks
 
     device = _device(settings)
-    dtype = resolve_dtype(settings.dtype, device)
-    settings.device, settings.dtype = str(device), dtype_name(dtype)
+    precision = resolve_precision(args.precision, args.dtype, device, settings.record)
+    settings.device, settings.dtype = str(device), precision.name
     if before_model is not None:
         before_model()  # last: a run refused by any check above creates no output folder
-    return source, device, dtype
+    return source, device, precision
 
 
 def _check_numbers(settings: GenerateSettings) -> None:
@@ -400,7 +400,7 @@ def _generate(pipe: Any, plan: _Plan, args: argparse.Namespace, written: list[Pa
                 result = _one_image(pipe, settings, image, depth, prompt, seed)
                 record = image_record(
                     settings, prompt=prompt, image=image_path.resolve(), seed=seed, image_sha256=image_sha,
-                    depth_map_sha256=depth_sha, size=list(result.size),
+                    depth_map_sha256=depth_sha, size=list(result.size), **plan.precision.record(),
                 )  # fmt: skip
                 path = plan.namer.path_for(index, seed, image_path, prompt)
                 save_image(path, result, record, sampler)

@@ -8,6 +8,7 @@ from typing import Any
 from . import argtypes
 from .component_options import COMPONENT_DEFAULTS, add_component_arguments
 from .errors import CliError
+from .precision import add_precision_arguments
 from .settings import DEFAULT_MODEL
 
 __all__ = ["add_parser", "run"]
@@ -57,9 +58,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help=f"requests that may wait for the model; more are refused (default: {DEFAULT_QUEUE_SIZE})",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument(
-        "--dtype", default="auto", help="auto (float16 on CUDA, else float32), float32, float16 or bfloat16"
-    )
+    add_precision_arguments(parser)  # --precision (and its deprecated alias --dtype), as for generate
     parser.add_argument("--offline", action="store_true", help="never download; use the local cache or folders")
     add_component_arguments(parser, vae=True)  # --vae, --depth-model, --depth-invert, --depth-normalize
     parser.set_defaults(run=run)
@@ -95,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         queue_size=args.queue_size,
         device=args.device,
+        precision=args.precision,
         dtype=args.dtype,
         offline=args.offline,
         **{name: getattr(args, name) or default for name, default in COMPONENT_DEFAULTS.items()},

@@ -88,10 +88,12 @@ class RunStopped(Exception):
 class Engine:
     """One pipeline, loaded once, and what a run needs around it."""
 
-    def __init__(self, pipe: Any, options: ServeOptions, model_label: str) -> None:
+    def __init__(self, pipe: Any, options: ServeOptions, model_label: str, precision: Any = None) -> None:
         self.pipe = pipe
         self.options = options
         self.model_label = model_label  # what the PNG records say the model was (as the CLI records it)
+        # depth2img.precision.Precision: each model's dtype, recorded in the PNGs as generate records it
+        self.precision_record = precision.record() if precision is not None else {}
         self._default_scheduler_config = dict(pipe.scheduler.config)
         self._default_scheduler_class = type(pipe.scheduler)
         self._depth_cache: OrderedDict[tuple[str, tuple[int, int]], torch.Tensor] = OrderedDict()
@@ -211,7 +213,7 @@ class Engine:
             )
             record = image_record(
                 settings, prompt=request.prompt, image=Path(image_name), seed=image_seed, image_sha256=image_sha,
-                depth_map_sha256=depth_sha, size=list(result.size),
+                depth_map_sha256=depth_sha, size=list(result.size), **self.precision_record,
             )  # fmt: skip
             path = folder / f"{index:02d}-{image_seed}.png"
             cli_generate.save_image(path, result, record, label)

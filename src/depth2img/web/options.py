@@ -37,7 +37,8 @@ class ServeOptions:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     queue_size: int = DEFAULT_QUEUE_SIZE
     device: str = "auto"
-    dtype: str = "auto"
+    precision: str | None = None  # --precision (None: auto); see depth2img/precision.py
+    dtype: str | None = None  # --dtype, its deprecated alias
     offline: bool = False
     # the component flags of `generate` (cli/component_options.py), recorded in every PNG as `generate` does
     depth_model: str | None = None

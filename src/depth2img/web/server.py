@@ -36,22 +36,23 @@ def load_engine(options: ServeOptions) -> Any:
     """Check ``--model`` and the component flags, load the pipeline once on the chosen device, and wrap it in an
     ``Engine``."""
     from ..cli.component_options import apply_component_options, component_choice, load_components
-    from ..cli.devices import resolve_device, resolve_dtype
-    from ..cli.pipeline_setup import check_model, load_pipeline
+    from ..cli.devices import resolve_device
+    from ..cli.pipeline_setup import check_model
+    from ..cli.precision import load_pipeline_in, loading_dtype, resolve_precision
     from .engine import Engine
 
     choice = component_choice(options)  # the flags checked before anything loads
     source = check_model(options.model, options.offline)
     device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device)
-    components = load_components(choice, dtype=dtype, offline=options.offline)
-    pipe = load_pipeline(source, dtype=dtype, offline=options.offline, quiet=True, components=components)
+    precision = resolve_precision(options.precision, options.dtype, device)
+    components = load_components(choice, dtype=loading_dtype(precision), offline=options.offline)
+    pipe = load_pipeline_in(source, precision, offline=options.offline, quiet=True, components=components)
     apply_component_options(pipe, choice)
     pipe = pipe.to(device)
     # recorded in the PNGs as resolved (an absolute folder, "taesd"), as generate records them
     options = dataclasses.replace(options, depth_model=choice.depth_model, vae=choice.vae)
     label = source.location if source.kind != "repo" else options.model  # what `generate` records as the model
-    return Engine(pipe, options, label)
+    return Engine(pipe, options, label, precision)
 
 
 def start(engine: Any, options: ServeOptions, *, quiet: bool = True) -> RunningServer:
