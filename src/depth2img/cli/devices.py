@@ -1,4 +1,4 @@
-"""Choosing the device and dtype: ``auto`` picks cuda > mps > cpu, and float16 on CUDA, float32 elsewhere."""
+"""Choosing the device: ``auto`` picks cuda > mps > cpu (the dtypes are ``cli/precision.py``'s)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,7 @@ import torch
 
 from .errors import CliError
 
-__all__ = ["DTYPES", "accelerators", "resolve_device", "resolve_dtype"]
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+__all__ = ["accelerators", "resolve_device"]
 
 
 def _mps_available() -> bool:
@@ -54,21 +44,3 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise CliError(f"--device: unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` (float16 on CUDA, float32 elsewhere) or one of ``DTYPES``.
-
-    Superseded by ``cli.precision.resolve_precision`` (``--precision``, per-model dtypes); kept only until the
-    ``batch`` and ``serve`` front ends move to it, then to be removed."""
-    name = name.strip().lower()
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise CliError(f"--dtype: unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float16`` → ``"float16"``."""
-    return str(dtype).removeprefix("torch.")
